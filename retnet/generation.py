@@ -1,0 +1,181 @@
+"""Generation over a RetentionState: prefill chunkwise, then decode token by token.
+
+After generation the state has read the prompt and every generated token
+(including the one that ended it), so a conversation can simply continue.
+
+The repetition penalty applies to generated tokens only: in RAG the prompt
+holds the passages, and the answer should be free to copy from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .state import RetentionState
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k filter
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_id: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def next_token(logits: Tensor, cfg: SamplingConfig, generated: Tensor | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """Pick the next token for each row of logits [B, vocab]; `generated` [B, n] feeds the penalty."""
+    logits = logits.float().clone()
+    if cfg.repetition_penalty != 1.0 and generated is not None and generated.numel():
+        seen = torch.gather(logits, 1, generated)
+        seen = torch.where(seen > 0, seen / cfg.repetition_penalty, seen * cfg.repetition_penalty)
+        logits.scatter_(1, generated, seen)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the first token always stays).
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= cfg.top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _generator(cfg: SamplingConfig, device) -> torch.Generator | None:
+    if cfg.seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(cfg.seed)
+    return g
+
+
+def prefill(model, input_ids: Tensor, state: RetentionState | None, chunk_lengths=None,
+            attention_mask: Tensor | None = None) -> tuple[Tensor, RetentionState]:
+    """Read the prompt with the chunkwise form; return the logits at each row's last real token."""
+    out = model(input_ids, state=state, mode="chunkwise", chunk_lengths=chunk_lengths,
+                attention_mask=attention_mask)
+    if attention_mask is None:
+        return out.logits[:, -1], out.state
+    # Each row's last real token (right padding) or the final column (left padding).
+    idx = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    last = torch.where(attention_mask.bool(), idx, torch.zeros_like(idx)).max(dim=1).values
+    return out.logits[torch.arange(input_ids.shape[0]), last], out.state
+
+
+@torch.no_grad()
+def generate(model, input_ids: Tensor, state: RetentionState | None = None, attention_mask=None,
+             chunk_lengths=None, **sampling) -> tuple[Tensor, RetentionState]:
+    """Batched generation. Returns generated ids [B, n] (eos-padded after a row ends) and the state.
+
+    A finished row is fed masked tokens, so its state stops changing at its last generated token.
+    """
+    cfg = SamplingConfig(**sampling)
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generation needs prompt ids [batch, time] with at least one token")
+    B = input_ids.shape[0]
+    gen = _generator(cfg, input_ids.device)
+    logits, state = prefill(model, input_ids, state, chunk_lengths, attention_mask)
+    out = torch.empty(B, 0, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    pad = cfg.eos_token_id if cfg.eos_token_id is not None else 0
+    for _ in range(cfg.max_new_tokens):
+        tok = next_token(logits, cfg, out, gen)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        out = torch.cat([out, tok[:, None]], dim=1)
+        step = model(tok[:, None], state=state, mode="recurrent", attention_mask=(~done)[:, None])
+        logits, state = step.logits[:, -1], step.state
+        if cfg.eos_token_id is not None:
+            done |= tok == cfg.eos_token_id
+        if bool(done.all()):
+            break
+    return out, state
+
+
+class TextStream:
+    """Iterate to get text pieces as they decode; afterwards read .text, .token_ids, .state, .stop_reason.
+
+    Bytes of a multi-byte character that spans tokens are held until the
+    character is complete. Text that could be the start of a stop string is
+    held back until it is known not to be one, so a stop string split over
+    several tokens never leaks into the output.
+    """
+
+    def __init__(self, model, tokenizer, prompt_ids: Sequence[int] | Tensor, state: RetentionState | None = None,
+                 stop: Sequence[str] = (), chunk_lengths=None, **sampling):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(1, -1)
+        self.state = state
+        self.stop = [s for s in stop if s]
+        self.chunk_lengths = chunk_lengths
+        self.cfg = SamplingConfig(**sampling)
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.stop_reason: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        from tokenizers.decoders import DecodeStream
+
+        model, cfg = self.model, self.cfg
+        device = model.embed.weight.device
+        if self.prompt.shape[1] == 0:
+            raise ValueError("an empty prompt gives no logits to start from; pass at least one token")
+        decoder = DecodeStream(skip_special_tokens=True)
+        gen = _generator(cfg, device)
+        raw = ""  # everything decoded so far
+        emitted = 0  # how much of raw has been yielded
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        with torch.no_grad():
+            logits, self.state = prefill(model, self.prompt.to(device), self.state, self.chunk_lengths)
+            self.stop_reason = "length"
+            for _ in range(cfg.max_new_tokens):
+                generated = torch.tensor([self.token_ids], dtype=torch.long, device=device)
+                tok = int(next_token(logits, cfg, generated, gen)[0])
+                self.token_ids.append(tok)
+                step = model(torch.tensor([[tok]], device=device), state=self.state, mode="recurrent")
+                logits, self.state = step.logits[:, -1], step.state
+                if cfg.eos_token_id is not None and tok == cfg.eos_token_id:
+                    self.stop_reason = "eos"
+                    break
+                raw += decoder.step(self.tokenizer, tok) or ""
+                cut = _first_stop(raw, self.stop, start=emitted)
+                if cut is not None:
+                    raw = raw[:cut]
+                    self.stop_reason = "stop"
+                    break
+                safe = len(raw) - hold if self.stop else len(raw)
+                if safe > emitted:
+                    yield raw[emitted:safe]
+                    emitted = safe
+        if len(raw) > emitted:
+            yield raw[emitted:]
+        self.text = raw
+
+
+def _first_stop(text: str, stops: list[str], start: int) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
