@@ -125,7 +125,7 @@ class RetNetForCausalLM(nn.Module):
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
         new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers):
+        for layer, layer_state in zip(self.layers, state.layers, strict=True):
             x, s = layer(x, positions, layer_state, mode, lengths, mask)
             new_layers.append(s)
         read = steps[:, -1] if T > 0 else torch.zeros_like(state.offsets)
