@@ -1,0 +1,540 @@
+"""A named, persistent collection of documents: SQLite metadata + a FAISS index.
+
+On disk, ``<data_dir>/<name>/`` holds:
+
+- ``collection.sqlite3``: documents, passages, their vectors (float32 blobs) and a
+  ``generation`` counter. It is the source of truth; each batch of added documents and
+  each deletion is one transaction that bumps the generation.
+- ``index.<generation>.faiss``: the FAISS index as of that generation, written to a
+  temporary file, fsynced and renamed into place.
+- ``lock``: flock'ed by the one process allowed to write at a time.
+
+Why this survives ``kill -9`` at any moment: SQLite commits are atomic, so the store
+always holds whole documents with all their passages and vectors. The index file is
+only trusted when its name carries the store's current generation; a crash between a
+commit and the next index save leaves an older file, which ``open`` notices and
+replaces by rebuilding from the stored vectors. A half-written index is a ``*.tmp``
+file, never a real one, and is deleted on the next open. So after any crash, reopening
+gives an index holding exactly the passages of the store.
+
+The index is saved at the end of each ``add``/``delete`` (and every
+``checkpoint_seconds`` during a long ``add``, so a crash costs a smaller rebuild),
+not after every batch: rewriting a large index file per batch would dominate ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .embedder import Embedder, SentenceTransformerEmbedder, embedder_from_name
+from .errors import CollectionError, LoadError
+from .index import INDEX_KINDS, VectorIndex, remove_temp_files
+from .loaders import DEFAULT_MAX_FILE_BYTES, content_id, iter_files, load_document, read_bytes
+from .locking import exclusive_lock
+from .report import ADDED, DUPLICATE, FAILED, SKIPPED, FileResult, IngestReport
+from .splitter import Splitter
+from .store import Store
+from .types import Document, DocumentInfo, Passage, SearchHit
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_DB = "collection.sqlite3"
+# Filtered search over an approximate index (HNSW, IVF) may miss passages of a small
+# document set; up to this many passages the filter is answered exactly instead.
+EXACT_FILTER_LIMIT = 50_000
+
+__all__ = ["Collection", "default_data_dir", "validate_name"]
+
+
+def default_data_dir() -> Path:
+    """``$RETNET_RAG_DATA_DIR``, else ``~/.local/share/retnet-rag/collections``."""
+    env = os.environ.get("RETNET_RAG_DATA_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "retnet-rag" / "collections"
+
+
+def validate_name(name: str) -> str:
+    """Collection names are one plain path component: letters, digits, ``_ . -``.
+
+    So ``..``, ``a/b``, ``/etc`` and the like can never leave the data directory.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise CollectionError(
+            f"invalid collection name {name!r}: use 1-128 letters, digits, '_', '.', '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def _collection_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / validate_name(name)
+    if path.resolve().parent != root.resolve():  # belt and braces against odd file systems
+        raise CollectionError(f"collection {name!r} would lie outside {root}")
+    return path
+
+
+class Collection:
+    """Documents -> passages -> vectors, searchable. Use ``create``, ``open`` or ``open_or_create``."""
+
+    def __init__(
+        self,
+        path: Path,
+        store: Store,
+        embedder: Embedder,
+        splitter: Splitter,
+        *,
+        max_file_bytes: int | None,
+        progress: bool | None,
+        batch_passages: int,
+        checkpoint_seconds: float,
+        lock_timeout: float | None,
+    ) -> None:
+        self.path = path
+        self.name = path.name
+        self.store = store
+        self.embedder = embedder
+        self.splitter = splitter
+        self.max_file_bytes = max_file_bytes
+        self.progress = progress
+        self.batch_passages = batch_passages
+        self.checkpoint_seconds = checkpoint_seconds
+        self.lock_timeout = lock_timeout
+        self.index_kind = store.get_meta("index_kind") or "flat"
+        self.dim = int(store.get_meta("dim") or 0)
+        self._mutex = threading.RLock()
+        self._generation = -1  # generation the in-memory index reflects
+        self._saved_generation = -1
+        self.index = VectorIndex(self.index_kind, self.dim)
+        with self._mutex:
+            self._sync_index()
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        embedder: Embedder | None = None,
+        index: str = "flat",
+        **options,
+    ) -> Collection:
+        """Create a new, empty collection; fails if it exists.
+
+        ``index`` is "flat" (exact), "hnsw" or "ivf" (see retrieval.index). Other options
+        are those of ``open``.
+        """
+        if index not in INDEX_KINDS:
+            raise CollectionError(f"index must be one of {INDEX_KINDS}, not {index!r}")
+        path = _collection_dir(name, data_dir)
+        embedder = embedder or SentenceTransformerEmbedder()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise CollectionError(f"collection {name!r} already exists in {path.parent}") from None
+        try:
+            with exclusive_lock(path / "lock"):
+                store = Store(path / _DB)
+                with store.transaction():
+                    store.set_meta("embedder", embedder.name)
+                    store.set_meta("dim", str(embedder.dim))
+                    store.set_meta("index_kind", index)
+                    store.set_meta("created_at", str(time.time()))
+                store.close()
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        logger.info("created collection %s (%s index, embedder %s)", path, index, embedder.name)
+        return cls.open(name, data_dir, embedder=embedder, **options)
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        embedder: Embedder | None = None,
+        splitter: Splitter | None = None,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+        progress: bool | None = None,
+        batch_passages: int = 256,
+        checkpoint_seconds: float = 300.0,
+        lock_timeout: float | None = 60.0,
+    ) -> Collection:
+        """Open an existing collection.
+
+        ``embedder`` defaults to the one the collection was built with (by name).
+        ``splitter`` defaults to ``Splitter()`` (about 200 words per passage).
+        ``progress``: show tqdm bars (None: only when stderr is a terminal).
+        """
+        path = _collection_dir(name, data_dir)
+        if not (path / _DB).exists():
+            raise CollectionError(f"no collection {name!r} in {path.parent}")
+        store = Store(path / _DB)
+        try:
+            stored = store.get_meta("embedder") or ""
+            if embedder is None:
+                embedder = embedder_from_name(stored)
+            elif embedder.name != stored:
+                raise CollectionError(
+                    f"collection {name!r} was built with embedder {stored!r}, not {embedder.name!r};"
+                    " vectors of different models cannot be mixed"
+                )
+            return cls(
+                path,
+                store,
+                embedder,
+                splitter or Splitter(),
+                max_file_bytes=max_file_bytes,
+                progress=progress,
+                batch_passages=batch_passages,
+                checkpoint_seconds=checkpoint_seconds,
+                lock_timeout=lock_timeout,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        embedder: Embedder | None = None,
+        index: str = "flat",
+        **options,
+    ) -> Collection:
+        """Open ``name`` if it exists (``index`` is then ignored), else create it."""
+        path = _collection_dir(name, data_dir)
+        if (path / _DB).exists():
+            return cls.open(name, data_dir, embedder=embedder, **options)
+        return cls.create(name, data_dir, embedder=embedder, index=index, **options)
+
+    @staticmethod
+    def list(data_dir: str | os.PathLike | None = None) -> list[str]:
+        """Names of the collections in ``data_dir``."""
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / _DB).is_file())
+
+    @staticmethod
+    def remove(name: str, data_dir: str | os.PathLike | None = None) -> None:
+        """Delete a whole collection from disk."""
+        path = _collection_dir(name, data_dir)
+        if not (path / _DB).exists():
+            raise CollectionError(f"no collection {name!r} in {path.parent}")
+        with exclusive_lock(path / "lock"):
+            shutil.rmtree(path)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        """Number of passages."""
+        return self.store.passage_count()
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, path={str(self.path)!r}, index={self.index_kind!r})"
+
+    # -- reading ----------------------------------------------------------------------
+    def documents(self) -> list[DocumentInfo]:
+        return self.store.documents()
+
+    def document(self, doc_id: str) -> DocumentInfo | None:
+        return self.store.document(doc_id)
+
+    def search(self, query: str, k: int = 8, documents: str | Iterable[str] | None = None) -> list[SearchHit]:
+        """The ``k`` passages closest to ``query``, best first; ``documents`` limits to those ids."""
+        if k <= 0:
+            return []
+        with self._mutex:
+            self._refresh()
+            only = None
+            if documents is not None:
+                doc_ids = [documents] if isinstance(documents, str) else list(documents)
+                only = self.store.passage_ids(doc_ids)
+                if not len(only):
+                    return []
+            if self.index.ntotal == 0:
+                return []
+            query_vec = self._encode([query])
+            if only is not None and self.index.layout != "flat" and len(only) <= EXACT_FILTER_LIMIT:
+                scores, ids = self._exact_search(query_vec[0], only, k)
+            else:
+                found_scores, found_ids = self.index.search(query_vec, k, only)
+                scores, ids = found_scores[0], found_ids[0]
+            keep = ids >= 0
+            scores, ids = scores[keep], ids[keep]
+            rows = self.store.hits(ids)
+        hits = []
+        for score, pid in zip(scores, ids, strict=True):
+            row = rows.get(int(pid))
+            if row is None:  # cannot happen while index and store agree; never crash a search on it
+                logger.warning("passage %d is in the index but not in the store", pid)
+                continue
+            _, text, doc_id, title, source, page, start, end, position = row
+            hits.append(SearchHit(float(score), text, doc_id, title, source, page, start, end, position, int(pid)))
+        return hits
+
+    def _exact_search(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.store.vectors(ids, self.dim) @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], ids[top]
+
+    # -- writing ----------------------------------------------------------------------
+    def add(
+        self, paths: str | os.PathLike | Iterable[str | os.PathLike], *, progress: bool | None = None
+    ) -> IngestReport:
+        """Ingest files and folders (recursively). Bad files are reported, never raised.
+
+        Duplicates (same bytes as a document already here or earlier in the batch) are
+        skipped and listed. Returns an IngestReport with one FileResult per file.
+        """
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        report = IngestReport()
+        started = time.perf_counter()
+        with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
+            self._refresh()
+            files = list(iter_files(paths))
+            show = self.progress if progress is None else progress
+            bar = tqdm(total=len(files), unit="file", desc=f"ingest {self.name}", disable=not _show(show, len(files)))
+            batch = _Batch()
+            seen: dict[str, str] = {}  # doc id -> source, for duplicates inside this batch
+            last_save = time.monotonic()
+            try:
+                for path, skip_reason in files:
+                    result, doc, passages = self._prepare(path, skip_reason, seen)
+                    report.results.append(result)
+                    if doc is not None:
+                        batch.add(result, doc, passages)
+                    if batch.passages >= self.batch_passages:
+                        self._commit(batch, bar)
+                        if time.monotonic() - last_save >= self.checkpoint_seconds:
+                            self._save_index()
+                            last_save = time.monotonic()
+                    bar.update(1)
+                self._commit(batch, bar)
+            finally:
+                bar.close()
+                self._save_index()
+        report.seconds = time.perf_counter() - started
+        logger.info("collection %s: %s", self.name, report.summary().splitlines()[0])
+        return report
+
+    def add_documents(self, docs: Iterable[Document]) -> IngestReport:
+        """Ingest already-loaded Documents (e.g. text that never was a file)."""
+        report = IngestReport()
+        started = time.perf_counter()
+        with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
+            self._refresh()
+            batch = _Batch()
+            try:
+                for doc in docs:
+                    result = FileResult(doc.source, ADDED, doc.id, doc.title, warnings=list(doc.warnings))
+                    report.results.append(result)
+                    if self.store.document(doc.id) or doc.id in batch.ids:
+                        result.status, result.duplicate_of = DUPLICATE, doc.source
+                        continue
+                    batch.add(result, doc, self.splitter.split(doc))
+                    if batch.passages >= self.batch_passages:
+                        self._commit(batch, None)
+                self._commit(batch, None)
+            finally:
+                self._save_index()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def delete(self, doc_id: str) -> bool:
+        """Remove a document and its passages; False if there was no such document."""
+        with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
+            self._refresh()
+            if self.store.document(doc_id) is None:
+                return False
+            generation, ids = self.store.delete_document(doc_id)
+            if not self.index.remove(ids):
+                self._rebuild()
+            self._generation = generation
+            if self.index.wants_rebuild():
+                self._rebuild()
+            self._save_index()
+        logger.info("collection %s: deleted document %s (%d passages)", self.name, doc_id, len(ids))
+        return True
+
+    # -- ingest steps -----------------------------------------------------------------
+    def _prepare(
+        self, path: Path, skip_reason: str | None, seen: dict[str, str]
+    ) -> tuple[FileResult, Document | None, list[Passage]]:
+        """Load and split one file; any problem becomes the FileResult's error."""
+        result = FileResult(str(path), FAILED)
+        if skip_reason is not None:
+            result.status, result.error = SKIPPED, skip_reason
+            return result, None, []
+        try:
+            data = read_bytes(path, self.max_file_bytes)
+            doc_id = content_id(data)
+            existing = self.store.document(doc_id)
+            duplicate_of = existing.source if existing else seen.get(doc_id)
+            if duplicate_of is not None:
+                result.status, result.doc_id, result.duplicate_of = DUPLICATE, doc_id, duplicate_of
+                return result, None, []
+            doc = load_document(path, data)
+            del data
+            passages = self.splitter.split(doc)
+            if not passages:
+                raise LoadError("no text to index")
+        except LoadError as exc:
+            result.error = str(exc)
+            logger.warning("skipping %s: %s", path, exc)
+            return result, None, []
+        except Exception as exc:  # a loader bug must cost one file, not the batch
+            result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+            logger.exception("unexpected error loading %s", path)
+            return result, None, []
+        seen[doc.id] = doc.source
+        result.status, result.doc_id, result.title = ADDED, doc.id, doc.title
+        result.passages, result.warnings = len(passages), list(doc.warnings)
+        for warning in doc.warnings:
+            logger.info("%s: %s", path, warning)
+        return result, doc, passages
+
+    def _commit(self, batch: _Batch, bar) -> None:
+        """Embed a batch, store it in one transaction, then add it to the index."""
+        if not batch.items:
+            return
+        ready: list[tuple[Document, list[Passage], np.ndarray]] = []
+        results: list[FileResult] = []
+        try:
+            vectors = self._encode(batch.texts(), bar)
+            offset = 0
+            for result, doc, passages in batch.items:
+                ready.append((doc, passages, vectors[offset : offset + len(passages)]))
+                results.append(result)
+                offset += len(passages)
+        except Exception as exc:
+            if len(batch.items) == 1:
+                self._fail(batch.items[0][0], f"embedding failed: {type(exc).__name__}: {exc}")
+            else:  # find the culprit: embed document by document
+                logger.warning("embedding a batch failed (%s); retrying file by file", exc)
+                for item in batch.items:
+                    self._commit(_Batch([item]), bar)
+                batch.clear()
+                return
+        batch.clear()
+        try:
+            generation, ids = self.store.add_documents(ready)
+        except Exception as exc:
+            for result in results:
+                self._fail(result, f"could not store: {type(exc).__name__}: {exc}")
+            return
+        try:
+            for (_, _, vecs), doc_ids in zip(ready, ids, strict=True):
+                self.index.add(doc_ids, vecs)
+            self._generation = generation
+            if self.index.wants_rebuild():
+                self._rebuild()
+        except Exception:
+            logger.exception("index update failed; rebuilding from the store")
+            self._rebuild()
+
+    def _fail(self, result: FileResult, error: str) -> None:
+        result.status, result.error, result.passages = FAILED, error, 0
+        logger.warning("failed %s: %s", result.path, error)
+
+    def _encode(self, texts: Sequence[str], bar=None) -> np.ndarray:
+        step = max(1, self.batch_passages)
+        parts = []
+        for i in range(0, len(texts), step):
+            parts.append(self.embedder.encode(texts[i : i + step]))
+            if bar is not None:
+                bar.set_postfix(passages=i + len(parts[-1]), refresh=False)
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise CollectionError(f"embedder returned shape {vectors.shape}, expected ({len(texts)}, {self.dim})")
+        return vectors
+
+    # -- keeping the index in step with the store -------------------------------------
+    def _refresh(self) -> None:
+        """Pick up changes another process made since we last looked."""
+        if self.store.generation != self._generation:
+            self._sync_index()
+
+    def _sync_index(self) -> None:
+        """Load the saved index of the store's generation, or rebuild it and save it."""
+        generation = self.store.generation
+        loaded = VectorIndex.load(self.path, generation, self.index_kind, self.dim)
+        if loaded is not None and loaded.ntotal == self.store.passage_count() and self.store.generation == generation:
+            self.index, self._generation, self._saved_generation = loaded, generation, generation
+            return
+        if self.store.passage_count():
+            logger.info("collection %s: index is behind the store (generation %d); rebuilding", self.name, generation)
+        self._rebuild()
+        # Save only if no other process is writing: it owns the files until it is done.
+        try:
+            with exclusive_lock(self.path / "lock", timeout=0):
+                remove_temp_files(self.path)
+                if self.store.generation == self._generation:
+                    self._save_index()
+        except CollectionError:
+            pass
+
+    def _rebuild(self) -> None:
+        with self.store.snapshot():
+            generation = self.store.generation
+            total = self.store.passage_count()
+            self.index = VectorIndex.build(
+                self.index_kind, self.dim, lambda: self.store.iter_vectors(self.dim), total
+            )
+        self._generation = generation
+
+    def _save_index(self) -> None:
+        if self._generation != self._saved_generation:
+            self.index.save(self.path, self._generation)
+            self._saved_generation = self._generation
+
+
+class _Batch:
+    """Loaded documents waiting to be embedded and stored together."""
+
+    def __init__(self, items: list | None = None) -> None:
+        self.items: list[tuple[FileResult, Document, list[Passage]]] = items or []
+        self.passages = sum(len(p) for _, _, p in self.items)
+        self.ids = {doc.id for _, doc, _ in self.items}
+
+    def add(self, result: FileResult, doc: Document, passages: list[Passage]) -> None:
+        self.items.append((result, doc, passages))
+        self.passages += len(passages)
+        self.ids.add(doc.id)
+
+    def texts(self) -> list[str]:
+        return [p.text for _, _, passages in self.items for p in passages]
+
+    def clear(self) -> None:
+        self.items, self.passages, self.ids = [], 0, set()
+
+
+def _show(progress: bool | None, n: int) -> bool:
+    if progress is None:
+        return n > 1 and sys.stderr.isatty()
+    return progress

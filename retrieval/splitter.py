@@ -1,0 +1,225 @@
+"""Documents -> passages that fit a token budget, cut at natural boundaries.
+
+Each page is split on its own, so a passage never spans two pages and its page number
+is exact. Within a page, text is cut at the coarsest boundary that works: paragraphs
+(blank lines) first, then sentences, then line breaks, then words, and as a last
+resort inside a very long word. Passages are packed greedily from sentences; when a
+whole paragraph does not fit and the passage is already at least half full, the passage
+ends at the paragraph break instead of starting the paragraph.
+
+With ``overlap > 0`` a passage begins with the last sentences (up to ``overlap`` tokens)
+of the previous one. Overlap counts against the budget.
+
+Invariants (tested with hypothesis): ``doc.text[p.start:p.end] == p.text``; every
+passage has ``count_tokens(p.text) <= max_tokens`` unless a single character exceeds it;
+every non-space character of the document lies in some passage; passages never start
+or end with whitespace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .tokens import TokenCounter, token_counter
+from .types import Document, Passage
+
+DEFAULT_MAX_TOKENS = 200
+
+_PARAGRAPH = re.compile(r"\n[^\S\n]*\n\s*")
+# Sentence end: punctuation, optional closing quotes/brackets, then whitespace (cut);
+# CJK full stops need no whitespace after them.
+_SENTENCE = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(\s+)|[\u3002\uff01\uff1f]+(\s*)")
+_LINE = re.compile(r"\s*\n\s*")
+_WORD = re.compile(r"\s+")
+_SUB_SENTENCE = (_LINE, _WORD)
+_NON_SPACE = re.compile(r"\S")
+
+
+class _Unit(NamedTuple):
+    start: int
+    end: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """Splits documents into passages of at most ``max_tokens`` tokens.
+
+    ``tokenizer`` is anything ``token_counter`` accepts: None for the word-count
+    fallback, a ``count(text) -> int`` callable, or a tokenizer with ``encode``.
+    """
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    overlap: int = 0
+    tokenizer: Any = None
+    _count: TokenCounter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if not 0 <= self.overlap < self.max_tokens:
+            raise ValueError("overlap must be >= 0 and < max_tokens")
+        object.__setattr__(self, "_count", token_counter(self.tokenizer))
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text)
+
+    def split(self, doc: Document) -> list[Passage]:
+        return list(self.iter_passages(doc))
+
+    def iter_passages(self, doc: Document) -> Iterator[Passage]:
+        position = 0
+        for page in doc.pages:
+            for start, end, tokens in self.spans(doc.text, page.start, page.end):
+                yield Passage(doc.id, position, doc.text[start:end], start, end, page.number, tokens)
+                position += 1
+
+    def spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """``(start, end, tokens)`` of each passage of ``text[start:end]``."""
+        end = len(text) if end is None else end
+        paragraphs = (self._sentence_units(text, s, e) for s, e in _pieces(text, start, end, _PARAGRAPH))
+        return _pack(text, paragraphs, self.max_tokens, self.overlap, self._count)
+
+    def _sentence_units(self, text: str, start: int, end: int) -> list[_Unit]:
+        units: list[_Unit] = []
+        for s, e in _pieces(text, start, end, _SENTENCE):
+            units.extend(_fit(text, s, e, self.max_tokens, self._count, 0))
+        return units
+
+
+def split_document(
+    doc: Document, max_tokens: int = DEFAULT_MAX_TOKENS, overlap: int = 0, tokenizer: Any = None
+) -> list[Passage]:
+    """Convenience wrapper: ``Splitter(max_tokens, overlap, tokenizer).split(doc)``."""
+    return Splitter(max_tokens, overlap, tokenizer).split(doc)
+
+
+def _pieces(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Non-blank spans of ``text[start:end]`` between the cut regions ``pattern`` finds.
+
+    The cut is group 1 (or 2) when the pattern has groups, else the whole match.
+    """
+    out: list[tuple[int, int]] = []
+    pos = start
+    for m in pattern.finditer(text, start, end):
+        group = next((g for g in range(1, (pattern.groups or 0) + 1) if m.group(g) is not None), 0)
+        cut_start, cut_end = m.span(group)
+        if cut_end == cut_start and group:  # zero-width cut after CJK punctuation
+            cut_start = cut_end = m.end()
+        _add_stripped(text, pos, cut_start, out)
+        pos = cut_end
+    _add_stripped(text, pos, end, out)
+    return out
+
+
+def _add_stripped(text: str, start: int, end: int, out: list[tuple[int, int]]) -> None:
+    m = _NON_SPACE.search(text, start, end)
+    if m is None:
+        return
+    start = m.start()
+    while text[end - 1].isspace():
+        end -= 1
+    out.append((start, end))
+
+
+def _fit(text: str, start: int, end: int, budget: int, count: TokenCounter, level: int) -> list[_Unit]:
+    """Cut ``text[start:end]`` into units within budget, at line breaks, then words, then chars."""
+    tokens = count(text[start:end])
+    if tokens <= budget:
+        return [_Unit(start, end, tokens)]
+    if level >= len(_SUB_SENTENCE):
+        return _hard_split(text, start, end, budget, count)
+    pieces = _pieces(text, start, end, _SUB_SENTENCE[level])
+    if len(pieces) <= 1:
+        return _fit(text, start, end, budget, count, level + 1)
+    out: list[_Unit] = []
+    for s, e in pieces:
+        for unit in _fit(text, s, e, budget, count, level + 1):
+            if out and out[-1].tokens + unit.tokens <= budget:
+                merged = count(text[out[-1].start : unit.end])
+                if merged <= budget:
+                    out[-1] = _Unit(out[-1].start, unit.end, merged)
+                    continue
+            out.append(unit)
+    return out
+
+
+def _hard_split(text: str, start: int, end: int, budget: int, count: TokenCounter) -> list[_Unit]:
+    """Longest prefixes within budget (binary search), for text with no spaces to cut at."""
+    out: list[_Unit] = []
+    while start < end:
+        lo, hi = start + 1, end  # the answer lies in [lo, hi]; at least one char per unit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(text[start:mid]) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append(_Unit(start, lo, count(text[start:lo])))
+        start = lo
+    return out
+
+
+def _pack(
+    text: str, paragraphs: Iterator[list[_Unit]], budget: int, overlap: int, count: TokenCounter
+) -> Iterator[tuple[int, int, int]]:
+    cur: list[_Unit] = []
+    cur_tokens = 0
+    n_overlap = 0  # leading units of ``cur`` repeated from the previous passage
+
+    def flush() -> Iterator[tuple[int, int, int]]:
+        """Emit ``cur`` as a passage; leave the overlap tail in ``cur``, overflow in ``back``."""
+        nonlocal cur, cur_tokens, n_overlap
+        back.clear()
+        tokens = count(text[cur[0].start : cur[-1].end])
+        # Counts of units may not add up exactly for subword tokenizers: check the real text.
+        while tokens > budget and len(cur) > 1:
+            if len(cur) > n_overlap + 1:
+                back.appendleft(cur.pop())
+            else:
+                cur.pop(0)
+                n_overlap -= 1
+            tokens = count(text[cur[0].start : cur[-1].end])
+        yield cur[0].start, cur[-1].end, tokens
+        tail: list[_Unit] = []
+        tail_tokens = 0
+        for unit in reversed(cur[1:]):  # never the whole passage, so each passage adds text
+            if tail_tokens + unit.tokens > overlap:
+                break
+            tail.insert(0, unit)
+            tail_tokens += unit.tokens
+        cur, cur_tokens, n_overlap = tail, tail_tokens, len(tail)
+
+    back: deque[_Unit] = deque()
+
+    def feed(pending: deque[_Unit]) -> Iterator[tuple[int, int, int]]:
+        nonlocal cur_tokens, n_overlap
+        while pending:
+            unit = pending[0]
+            if cur and cur_tokens + unit.tokens > budget:
+                if len(cur) > n_overlap:
+                    yield from flush()
+                    pending.extendleft(reversed(back))
+                else:  # only overlap left and the next unit does not fit with it: shed overlap
+                    cur_tokens -= cur.pop(0).tokens
+                    n_overlap -= 1
+                continue
+            cur.append(pending.popleft())
+            cur_tokens += unit.tokens
+
+    for para in paragraphs:
+        if not para:
+            continue
+        pending = deque(para)
+        if len(cur) > n_overlap and 2 * cur_tokens >= budget:
+            if cur_tokens + sum(u.tokens for u in para) > budget:
+                yield from flush()  # end at the paragraph break rather than split the paragraph
+                pending.extendleft(reversed(back))
+        yield from feed(pending)
+    while len(cur) > n_overlap:
+        yield from flush()
+        yield from feed(deque(back))  # units pushed back by the exact count, packed again
