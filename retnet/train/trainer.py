@@ -1,0 +1,250 @@
+"""Language-model training for RetNet: chunkwise form, bf16 autocast, accumulation, cosine schedule,
+checkpoint and resume, one GPU or several through torchrun (DDP).
+
+    python -m retnet.train --config train.json            # one process
+    torchrun --nproc-per-node 2 -m retnet.train --config train.json
+
+Checkpoints are a model directory (config.json + model.safetensors) plus
+optimizer.safetensors and trainer_state.json, written to a temp folder and
+renamed, so an interrupted save never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import RetNetConfig
+from ..io import atomic_write_text
+from ..model import RetNetForCausalLM
+from .data import MixedBatches, TokenRows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    model: dict  # RetNetConfig fields, or {"preset": name, ...overrides}
+    train_sources: list[tuple[str, float]]  # (npz path, weight)
+    eval_sources: list[str] = field(default_factory=list)
+    batch_size: int = 16  # per device, per micro-step
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    chunk_size: int = 128
+    precision: str = "bf16"  # "bf16" (autocast on CUDA) or "fp32"
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    seed: int = 0
+    tokenizer_file: str | None = None  # copied into each checkpoint
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown training options {unknown}")
+        data["train_sources"] = [tuple(s) for s in data["train_sources"]]
+        return cls(**data)
+
+    def model_config(self) -> RetNetConfig:
+        spec = dict(self.model)
+        preset = spec.pop("preset", None)
+        return RetNetConfig.from_preset(preset, **spec) if preset else RetNetConfig(**spec)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class LMLoss(nn.Module):
+    """Next-token cross-entropy over the positions whose target is marked in loss_mask."""
+
+    def __init__(self, model: RetNetForCausalLM, chunk_size: int):
+        super().__init__()
+        self.model, self.chunk_size = model, chunk_size
+
+    def forward(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(tokens[:, :-1], mode="chunkwise", chunk_size=self.chunk_size).logits
+        targets = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
+        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                ignore_index=-100, reduction="sum")
+        return total / loss_mask[:, 1:].sum().clamp_min(1)  # a batch with no targets gives 0, not NaN
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: str | None = None):
+        self.cfg = cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = RetNetForCausalLM(cfg.model_config()).to(self.device)
+        self.loss_fn = LMLoss(self.model, cfg.chunk_size)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=cfg.betas, fused=self.device.type == "cuda")
+        sources = [(TokenRows.load(p), w) for p, w in cfg.train_sources]
+        self.batches = MixedBatches(sources, cfg.batch_size, cfg.seed, self.rank)
+        self.eval_rows = [TokenRows.load(p) for p in cfg.eval_sources]
+        self.step = 0
+        self.out = Path(cfg.out_dir)
+        if (self.out / "last").is_dir():
+            self.resume(self.out / "last")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        enabled = self.cfg.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train(self, until: int | None = None) -> dict:
+        """Train to max_steps (or stop early at step `until`, saving a checkpoint there)."""
+        cfg = self.cfg
+        stop = min(cfg.max_steps, until) if until is not None else cfg.max_steps
+        row_length = self.batches.sources[0][0].tokens.shape[1]
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.world * (row_length - 1)
+        last = {}
+        start = time.perf_counter()
+        while self.step < stop:
+            lr = lr_at(self.step, cfg)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            total = 0.0
+            for _ in range(cfg.grad_accum):
+                tokens, mask = (t.to(self.device, non_blocking=True) for t in self.batches.next())
+                with self.autocast():
+                    loss = self.loss_fn(tokens, mask) / cfg.grad_accum
+                loss.backward()
+                total += loss.item()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - start
+                last = {"step": self.step, "loss": round(total, 4), "lr": lr, "grad_norm": round(float(norm), 3),
+                        "tokens_per_s": round(tokens_per_step * cfg.log_every / max(elapsed, 1e-9))}
+                start = time.perf_counter()
+                self.log(last)
+            if self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                self.log({"step": self.step, "eval_loss": round(self.evaluate(), 4)})
+            if self.step % cfg.save_every == 0 or self.step == stop:
+                self.save(self.out / "last")
+        return last
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = []
+        for rows in self.eval_rows:
+            for i in range(0, min(len(rows), self.cfg.eval_batches * self.cfg.batch_size), self.cfg.batch_size):
+                tokens = torch.from_numpy(rows.tokens[i:i + self.cfg.batch_size].astype("int64")).to(self.device)
+                mask = torch.from_numpy(rows.loss_mask[i:i + self.cfg.batch_size]).to(self.device)
+                with self.autocast():
+                    losses.append(LMLoss(self.model, self.cfg.chunk_size)(tokens, mask).item())
+        self.model.train()
+        return sum(losses) / max(1, len(losses))
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        log.info(json.dumps(record))
+        print(json.dumps(record), flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints ----------------------------------------------------------------
+    def save(self, target: Path) -> None:
+        if not self.is_main:
+            return
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = None
+        if self.cfg.tokenizer_file:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(self.cfg.tokenizer_file)
+        self.model.save_pretrained(tmp, tokenizer=tokenizer)
+        save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
+        state = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
+                 "data_rng": self.batches.rng.bit_generator.state}
+        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self, source: Path) -> None:
+        state = json.loads((source / "trainer_state.json").read_text())
+        weights = load_file(str(source / "model.safetensors"))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not (k == "lm_head.weight" and self.model.config.tie_embeddings)]:
+            raise ValueError(f"{source}: checkpoint does not match the model (missing {missing}, extra {unexpected})")
+        _load_optimizer_tensors(self.opt, load_file(str(source / "optimizer.safetensors"), device=str(self.device)))
+        self.step = int(state["step"])
+        self.batches.rng.bit_generator.state = state["data_rng"]
+        if self.is_main:
+            print(f"resumed from {source} at step {self.step}", flush=True)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state as flat named tensors (safetensors, not pickle)."""
+    out = {}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        for key, value in opt.state.get(p, {}).items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            out[f"{i}.{key}"] = t.detach().contiguous().cpu()
+    return out
+
+
+def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    params = [(p, g.get("fused") or g.get("capturable")) for g in opt.param_groups for p in g["params"]]
+    for name, value in tensors.items():
+        i, key = name.split(".", 1)
+        p, step_on_device = params[int(i)]
+        # Fused/capturable AdamW keeps its step counter on the parameter's device, the plain one on the CPU.
+        opt.state[p][key] = value.to(p.device) if key != "step" or step_on_device else value.cpu()
