@@ -1,14 +1,42 @@
 """Retention operators with one entry point per form and a backend switch.
 
-`backend="reference"` is the pure-PyTorch code in `reference.py` (any device,
-autograd through plain tensor ops). Fast kernels plug in behind the same
-signatures; `backend="auto"` picks them on CUDA when available.
+Backends
+--------
+- "reference": the pure-PyTorch code in `reference.py` (any device, autograd through
+  plain tensor ops, float64 capable).
+- "triton": the fused Triton kernels in `triton_chunk.py` (chunkwise forward and
+  backward) and `triton_decode.py` (decode step, short recurrent runs). They need CUDA
+  tensors, or CPU tensors under `TRITON_INTERPRET=1` (how the tests run them).
+- "auto" (default): "triton" for CUDA tensors when Triton imports, else "reference".
+
+Force one with `set_backend("reference" | "triton" | "auto")`, the environment variable
+`RETNET_BACKEND` (read at import), or the `backend=` argument of each call.
+
+Where the Triton path hands back to the reference (documented, not an error):
+- a padding `mask` is given: padding changes the decay per token, which the kernels do
+  not model (the model only pads at batch edges; those calls are rare and short);
+- `log_decay` requires grad: the kernels treat the decay as the fixed buffer it is in
+  RetNet and return no gradient for it.
+
+All three forms compute the same function, so on the Triton backend `parallel_retention`
+and `recurrent_retention` share the chunkwise kernel's autograd; `recurrent_retention`
+uses the fused recurrent kernel for short inputs when no gradient is needed.
+
+Chunk lengths
+-------------
+`chunk_lengths` (passage lengths) never changes `o` or its gradients; it says where the
+state is wanted. `return_boundary_states=True` also returns the state after every chunk,
+stacked as [num_chunks, B, H, K, V] (the last equals the final state). The Triton kernel
+materialises those from its own fixed tiles (see `triton_chunk.py`); they carry no
+gradient on that path. Training passes fixed chunks and uses only `o` (and perhaps the
+final state, which is differentiable on both backends).
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from .reference import (
@@ -21,6 +49,11 @@ from .reference import (
 
 BACKENDS = ("auto", "reference", "triton")
 _default_backend = os.environ.get("RETNET_BACKEND", "auto")
+if _default_backend not in BACKENDS:
+    raise ValueError(f"RETNET_BACKEND={_default_backend!r}; choose one of {BACKENDS}")
+
+# Above this many tokens the chunkwise kernel beats the token-by-token one.
+RECURRENT_KERNEL_MAX_T = 64
 
 
 def set_backend(name: str) -> None:
@@ -35,34 +68,127 @@ def get_backend() -> str:
     return _default_backend
 
 
+_triton_ok: bool | None = None
+
+
+def triton_available() -> bool:
+    """True when Triton imports (it is an optional, GPU-side dependency)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton  # noqa: F401
+            _triton_ok = True
+        except Exception:  # ImportError, or a broken install on an odd platform
+            _triton_ok = False
+    return _triton_ok
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _resolve(backend: str | None, q: Tensor) -> str:
     name = backend or _default_backend
     if name not in BACKENDS:
         raise ValueError(f"unknown retention backend {name!r}; choose one of {BACKENDS}")
     if name == "auto":
-        return "reference"
+        return "triton" if q.is_cuda and triton_available() else "reference"
     if name == "triton":
-        raise RuntimeError("the Triton retention backend is not available in this build")
+        if not triton_available():
+            raise RuntimeError("the Triton retention backend needs the 'triton' package")
+        if not q.is_cuda and not _interpreting():
+            raise RuntimeError("the Triton retention backend needs CUDA tensors (or TRITON_INTERPRET=1)")
     return name
 
 
-def parallel_retention(q, k, v, log_decay, state=None, mask=None, backend=None) -> tuple[Tensor, Tensor]:
-    _resolve(backend, q)
-    return retention_parallel(q, k, v, log_decay, state=state, mask=mask)
+def _triton_can(log_decay: Tensor, mask: Tensor | None) -> bool:
+    """False where the Triton path hands back to the reference (see the module docstring)."""
+    return mask is None and not (log_decay.requires_grad and torch.is_grad_enabled())
 
 
-def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None) -> tuple[Tensor, Tensor]:
-    _resolve(backend, q)
-    return retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
+def parallel_retention(q, k, v, log_decay, state=None, mask=None, backend=None, *,
+                       output_final_state=True) -> tuple[Tensor, Tensor | None]:
+    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+        from .triton_chunk import chunk_retention_triton
+        o, st, _ = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
+        return o, st
+    o, st = retention_parallel(q, k, v, log_decay, state=state, mask=mask)
+    return o, (st if output_final_state else None)
 
 
-def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, backend=None) -> tuple[Tensor, Tensor]:
-    _resolve(backend, q)
-    return retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state, mask=mask)
+def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None, *,
+                        output_final_state=True) -> tuple[Tensor, Tensor | None]:
+    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, state))
+        if q.shape[1] <= RECURRENT_KERNEL_MAX_T and not needs_grad:
+            from .triton_decode import recurrent_fwd
+            return recurrent_fwd(q, k, v, log_decay, state, store_state=output_final_state)
+        from .triton_chunk import chunk_retention_triton
+        o, st, _ = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
+        return o, st
+    o, st = retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
+    return o, (st if output_final_state else None)
+
+
+def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, backend=None, *,
+                    output_final_state=True, return_boundary_states=False):
+    """Chunkwise retention. Returns (o, final state), plus the boundary states if asked.
+
+    q, k [B, T, H, K], v [B, T, H, V], log_decay [H], state [B, H, K, V] (float32) or None,
+    mask [B, T] bool or None, chunk_lengths positive ints summing to T (passage lengths).
+    With `return_boundary_states`, the third result is [len(chunk_lengths), B, H, K, V]:
+    the state after each chunk.
+    """
+    lengths = check_chunk_lengths(chunk_lengths, q.shape[1])
+    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+        from .triton_chunk import chunk_retention_triton
+        bounds = None
+        if return_boundary_states:
+            ends = torch.tensor(lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
+            bounds = ends.to(q.device, non_blocking=True)
+        o, st, bst = chunk_retention_triton(q, k, v, log_decay, state, output_final_state, bounds)
+        return (o, st, bst) if return_boundary_states else (o, st)
+    if not return_boundary_states:
+        o, st = retention_chunkwise(q, k, v, log_decay, lengths, state=state, mask=mask)
+        return o, (st if output_final_state else None)
+    # Reference with boundary states: one chunk at a time, keeping each chunk's final state.
+    outs, states, start, st = [], [], 0, state
+    for n in lengths:
+        sl = slice(start, start + n)
+        o, st = retention_chunkwise(q[:, sl], k[:, sl], v[:, sl], log_decay, [n], state=st,
+                                    mask=None if mask is None else mask[:, sl])
+        outs.append(o)
+        states.append(st)
+        start += n
+    o = torch.cat(outs, dim=1)
+    bst = torch.stack(states) if states else None
+    return o, (st if output_final_state else None), bst
+
+
+def retention_step(q, k, v, log_decay, state, backend=None) -> Tensor:
+    """One decode step: S <- gamma S + k^T v (in place on `state`), returns o = q S.
+
+    q, k [B, H, K] or [B, 1, H, K]; v [B, H, V] or [B, 1, H, V]; state [B, H, K, V] float32,
+    contiguous. o has q's dtype and v's rank. Inference only (no autograd through the
+    in-place update).
+    """
+    squeeze = q.dim() == 4
+    if squeeze:
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+    if _resolve(backend, q) == "triton":
+        from .triton_decode import retention_step_triton
+        o = retention_step_triton(q, k, v, log_decay, state)
+    else:
+        decay = log_decay.to(device=state.device, dtype=state.dtype).exp()[None, :, None, None]
+        state.mul_(decay).add_(k.to(state.dtype)[..., :, None] * v.to(state.dtype)[..., None, :])
+        o = torch.einsum("bhk,bhkv->bhv", q.to(state.dtype), state).to(q.dtype)
+    return o[:, None] if squeeze else o
 
 
 __all__ = [
-    "BACKENDS", "set_backend", "get_backend", "parallel_retention", "recurrent_retention",
-    "chunk_retention", "chunk_lengths_for", "check_chunk_lengths",
+    "BACKENDS", "set_backend", "get_backend", "triton_available",
+    "parallel_retention", "recurrent_retention", "chunk_retention", "retention_step",
+    "chunk_lengths_for", "check_chunk_lengths",
     "retention_parallel", "retention_recurrent", "retention_chunkwise",
 ]
