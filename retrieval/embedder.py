@@ -61,7 +61,7 @@ class SentenceTransformerEmbedder:
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = device
         self.batch_size = batch_size
-        self.name = name or (DEFAULT_MODEL_NAME if model_path is None else f"st:{self.model_path.resolve()}")
+        self.name = name or _name_for(self.model_path)
         self._model = None
         self._dim: int | None = None
 
@@ -71,11 +71,11 @@ class SentenceTransformerEmbedder:
             # Never reach for the network: the model is local by design.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-
             path = self.model_path or default_model_path()
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"sentence-transformers model directory not found: {path}")
+            from sentence_transformers import SentenceTransformer
+
             logger.info("loading embedding model from %s on %s", path, self.device)
             self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         return self._model
@@ -99,6 +99,17 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _name_for(model_path: Path | None) -> str:
+    if model_path is None:
+        return DEFAULT_MODEL_NAME
+    try:
+        if model_path.resolve() == default_model_path().resolve():
+            return DEFAULT_MODEL_NAME  # the bundled model, named so wherever it is installed
+    except ImportError:
+        pass
+    return f"st:{model_path.resolve()}"
 
 
 _WORD = re.compile(r"\w+")

@@ -174,8 +174,9 @@ def _trained_ivf(dim: int, source: VectorSource, total: int) -> faiss.Index:
     want = min(total, 64 * nlist)  # plenty for k-means (faiss asks for >= 39 per list)
     step = max(1, total // want)  # an even sample over the whole collection
     sample = np.concatenate(list(_every(source(), step)))[:want]
-    # index_factory makes the IVF own its quantizer (no Python lifetime to manage).
-    index = faiss.downcast_index(faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT))
+    # index_factory makes the IVF own its quantizer (no Python lifetime to manage). Keep
+    # its return value: a downcast copy would not own the C++ object.
+    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     logger.info("training IVF index: %d lists on %d vectors", nlist, len(sample))
     index.train(sample)
     return index

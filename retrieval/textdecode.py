@@ -35,6 +35,7 @@ _BOMS = [
 _NON_ASCII_VALID = re.compile("[^\x00-\x7f\ufffd]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _MAX_CONTROL_RATIO = 0.01
+_TIE = 0.05  # chaos (mess) difference within which two encoding guesses count as equal
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,15 @@ def decode_text(data: bytes) -> DecodedText:
 def _guess_legacy(data: bytes) -> DecodedText:
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data[:_SAMPLE]).best()
-    if best is None:
+    matches = list(from_bytes(data[:_SAMPLE]))
+    if not matches:
         raise LoadError("not a text file: no text encoding fits its bytes")
+    best = min(matches, key=lambda m: m.chaos)
     encoding = best.encoding
+    # Short Western text often fits several code pages about equally well; cp1252 is by
+    # far the most common of them, so it wins a near tie.
+    if any(m.chaos <= best.chaos + _TIE and "cp1252" in m.could_be_from_charset for m in matches):
+        encoding = "cp1252"
     try:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError):
