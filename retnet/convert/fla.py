@@ -219,9 +219,14 @@ def _read_sharded(path: Path, index: Path) -> tuple[dict[str, Tensor], dict[str,
         raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
     tensors: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
-    for shard in sorted(set(weight_map.values())):
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:  # every file is there before any is read
         if Path(shard).name != shard:
             raise CheckpointError(f"{index}: shard {shard!r} must be a file name inside {path}")
+        if not (path / shard).is_file():
+            key = next(k for k, f in weight_map.items() if f == shard)
+            raise CheckpointError(f"missing weights file {path / shard} (holds {key}, says {index.name})")
+    for shard in shards:
         file = path / shard
         for key, value in read_safetensors(file).items():
             if weight_map.get(key) != shard:
