@@ -14,7 +14,6 @@ import os
 import re
 import zlib
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -125,24 +124,31 @@ class HashEmbedder:
         self.dim = dim
         self.bigrams = bigrams
         self.name = f"hash-{dim}{'-bigrams' if bigrams else ''}"
+        self._buckets: dict[str, int] = {}  # feature -> signed bucket (+/-(index + 1))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        buckets, lookup = self._buckets, self._bucket
+        rows: list[int] = []
+        signed: list[int] = []
         for row, text in enumerate(texts):
             words = _WORD.findall(text.lower())
             features = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] if self.bigrams else words
-            for feature in features:
-                index, sign = _bucket(feature, self.dim)
-                out[row, index] += sign
+            signed.extend([buckets.get(f) or lookup(f) for f in features])
+            rows.extend([row] * len(features))
+        flat = np.asarray(signed, dtype=np.int64)
+        cells = np.asarray(rows, dtype=np.int64) * self.dim + (np.abs(flat) - 1)
+        counts = np.bincount(cells, weights=np.sign(flat), minlength=len(texts) * self.dim)
+        out = counts.reshape(len(texts), self.dim).astype(np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
-
-@lru_cache(maxsize=200_000)
-def _bucket(feature: str, dim: int) -> tuple[int, float]:
-    h = zlib.crc32(feature.encode("utf-8"))
-    return h % dim, 1.0 if (h >> 31) & 1 else -1.0
+    def _bucket(self, feature: str) -> int:
+        h = zlib.crc32(feature.encode("utf-8"))
+        value = (h % self.dim + 1) * (1 if (h >> 31) & 1 else -1)
+        if len(self._buckets) < 1_000_000:  # bounded memory on huge vocabularies
+            self._buckets[feature] = value
+        return value
 
 
 def embedder_from_name(name: str) -> Embedder:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ class _Unit(NamedTuple):
     start: int
     end: int
     tokens: int
+    paragraph: bool = False  # a whole paragraph, cut into sentences only when needed
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,25 @@ class Splitter:
     def spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
         """``(start, end, tokens)`` of each passage of ``text[start:end]``."""
         end = len(text) if end is None else end
-        paragraphs = (self._sentence_units(text, s, e) for s, e in _pieces(text, start, end, _PARAGRAPH))
-        return _pack(text, paragraphs, self.max_tokens, self.overlap, self._count)
+        count = self._count
+        # Most paragraphs go into a passage whole, so they are counted once and only cut
+        # into sentences when they do not fit (or a sentence tail is needed for overlap).
+        paragraphs = (_Unit(s, e, count(text[s:e]), True) for s, e in _pieces(text, start, end, _PARAGRAPH))
+
+        def sentences(paragraph: _Unit) -> list[_Unit]:
+            return self._sentence_units(text, paragraph.start, paragraph.end)
+
+        return _pack(text, paragraphs, self.max_tokens, self.overlap, count, sentences)
 
     def _sentence_units(self, text: str, start: int, end: int) -> list[_Unit]:
         units: list[_Unit] = []
+        budget, count = self.max_tokens, self._count
         for s, e in _pieces(text, start, end, _SENTENCE):
-            units.extend(_fit(text, s, e, self.max_tokens, self._count, 0))
+            tokens = count(text[s:e])
+            if tokens <= budget:
+                units.append(_Unit(s, e, tokens))
+            else:
+                units.extend(_fit(text, s, e, budget, count, 0))
         return units
 
 
@@ -101,26 +114,31 @@ def split_document(
 def _pieces(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
     """Non-blank spans of ``text[start:end]`` between the cut regions ``pattern`` finds.
 
-    The cut is group 1 (or 2) when the pattern has groups, else the whole match.
+    The cut is the last group that matched (the whitespace after a sentence end), or the
+    whole match for patterns without groups. An empty cut (after CJK punctuation) sits
+    at the end of the match.
     """
     out: list[tuple[int, int]] = []
     pos = start
     for m in pattern.finditer(text, start, end):
-        group = next((g for g in range(1, (pattern.groups or 0) + 1) if m.group(g) is not None), 0)
+        group = m.lastindex or 0
         cut_start, cut_end = m.span(group)
-        if cut_end == cut_start and group:  # zero-width cut after CJK punctuation
+        if cut_start == cut_end:
             cut_start = cut_end = m.end()
-        _add_stripped(text, pos, cut_start, out)
+        if cut_start > pos:
+            _add_stripped(text, pos, cut_start, out)
         pos = cut_end
-    _add_stripped(text, pos, end, out)
+    if end > pos:
+        _add_stripped(text, pos, end, out)
     return out
 
 
 def _add_stripped(text: str, start: int, end: int, out: list[tuple[int, int]]) -> None:
-    m = _NON_SPACE.search(text, start, end)
-    if m is None:
-        return
-    start = m.start()
+    if text[start].isspace():
+        m = _NON_SPACE.search(text, start, end)
+        if m is None:
+            return
+        start = m.start()
     while text[end - 1].isspace():
         end -= 1
     out.append((start, end))
@@ -165,11 +183,18 @@ def _hard_split(text: str, start: int, end: int, budget: int, count: TokenCounte
 
 
 def _pack(
-    text: str, paragraphs: Iterator[list[_Unit]], budget: int, overlap: int, count: TokenCounter
+    text: str,
+    paragraphs: Iterator[_Unit],
+    budget: int,
+    overlap: int,
+    count: TokenCounter,
+    sentences: Callable[[_Unit], list[_Unit]],
 ) -> Iterator[tuple[int, int, int]]:
+    """Greedy packing of paragraph units (cut into sentence units on demand) into passages."""
     cur: list[_Unit] = []
     cur_tokens = 0
     n_overlap = 0  # leading units of ``cur`` repeated from the previous passage
+    back: deque[_Unit] = deque()  # units a flush handed back because the exact count was over
 
     def flush() -> Iterator[tuple[int, int, int]]:
         """Emit ``cur`` as a passage; leave the overlap tail in ``cur``, overflow in ``back``."""
@@ -185,23 +210,18 @@ def _pack(
                 n_overlap -= 1
             tokens = count(text[cur[0].start : cur[-1].end])
         yield cur[0].start, cur[-1].end, tokens
-        tail: list[_Unit] = []
-        tail_tokens = 0
-        for unit in reversed(cur[1:]):  # never the whole passage, so each passage adds text
-            if tail_tokens + unit.tokens > overlap:
-                break
-            tail.insert(0, unit)
-            tail_tokens += unit.tokens
-        cur, cur_tokens, n_overlap = tail, tail_tokens, len(tail)
-
-    back: deque[_Unit] = deque()
+        cur = _tail(cur, overlap, sentences)
+        cur_tokens, n_overlap = sum(u.tokens for u in cur), len(cur)
 
     def feed(pending: deque[_Unit]) -> Iterator[tuple[int, int, int]]:
         nonlocal cur_tokens, n_overlap
         while pending:
             unit = pending[0]
-            if cur and cur_tokens + unit.tokens > budget:
-                if len(cur) > n_overlap:
+            if cur_tokens + unit.tokens > budget and (cur or unit.paragraph):
+                if unit.paragraph:  # does not fit whole: take it sentence by sentence
+                    pending.popleft()
+                    pending.extendleft(reversed(sentences(unit)))
+                elif len(cur) > n_overlap:
                     yield from flush()
                     pending.extendleft(reversed(back))
                 else:  # only overlap left and the next unit does not fit with it: shed overlap
@@ -212,14 +232,30 @@ def _pack(
             cur_tokens += unit.tokens
 
     for para in paragraphs:
-        if not para:
-            continue
-        pending = deque(para)
-        if len(cur) > n_overlap and 2 * cur_tokens >= budget:
-            if cur_tokens + sum(u.tokens for u in para) > budget:
-                yield from flush()  # end at the paragraph break rather than split the paragraph
-                pending.extendleft(reversed(back))
+        pending = deque([para])
+        if len(cur) > n_overlap and 2 * cur_tokens >= budget and cur_tokens + para.tokens > budget:
+            yield from flush()  # end at the paragraph break rather than split the paragraph
+            pending.extendleft(reversed(back))
         yield from feed(pending)
     while len(cur) > n_overlap:
         yield from flush()
         yield from feed(deque(back))  # units pushed back by the exact count, packed again
+
+
+def _tail(units: list[_Unit], overlap: int, sentences: Callable[[_Unit], list[_Unit]]) -> list[_Unit]:
+    """The last units of a passage worth at most ``overlap`` tokens, never the whole passage."""
+    tail: list[_Unit] = []
+    if overlap <= 0:
+        return tail
+    tokens = 0
+    units = list(units)
+    while units:
+        unit = units.pop()
+        if units and tokens + unit.tokens <= overlap:
+            tail.insert(0, unit)
+            tokens += unit.tokens
+        elif unit.paragraph and len(parts := sentences(unit)) > 1:
+            units.extend(parts)  # look at its last sentences instead
+        else:
+            break
+    return tail
