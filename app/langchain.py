@@ -1,0 +1,303 @@
+"""LangChain integration: an LLM, a chat model and a retriever over a collection.
+
+    from app.langchain import ChatRetNet, CollectionRetriever, RetNetLLM, format_passages, rag_prompt
+    retriever = CollectionRetriever(collection=qa.collection, k=4)
+    chat = ChatRetNet(model_path="data/model")             # or reader=qa.reader
+    chain = {"context": retriever | format_passages, "question": RunnablePassthrough()} | rag_prompt() | chat
+    chain.invoke("What does rsync -r do?")
+
+Every call starts from an empty state and reads its whole input (prompt, or the
+message history): no hidden conversation state is shared between calls. For a
+conversation whose state persists, use ``app.Session`` explicitly. Repeated
+input prefixes are served by the reader's prefix-state cache, which never
+changes an output, only how fast it comes.
+
+Prompts are read with the app's layout markers (``app.layout``): a plain prompt
+is a question (``<|question|>prompt\\n<|answer|>``); a prompt that writes markers
+out (``format_passages`` does) is parsed into system/passage/question/answer
+segments, one chunk per passage; ``raw_prompt=True`` reads the text as is.
+Chat messages map to segments: system -> ``<|system|>``, human -> ``<|question|>``,
+AI -> ``<|answer|>...<|endoftext|>``, tool/other messages -> ``<|passage|>``.
+
+``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
+parameters) and ignored: the model runs locally.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.language_models.llms import LLM
+    from langchain_core.messages import (
+        AIMessage,
+        AIMessageChunk,
+        BaseMessage,
+        HumanMessage,
+        SystemMessage,
+    )
+    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import ConfigDict, Field
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("app.langchain needs langchain-core: pip install 'retnet-rag[langchain]'") from e
+
+from . import layout as L
+from .decoder import AnswerStream
+from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K
+from .encoder import Reader
+
+__all__ = ["ChatRetNet", "CollectionRetriever", "RetNetLLM", "format_passages", "rag_prompt", "get_reader"]
+
+_READERS: dict[tuple, Reader] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def get_reader(model_path: str | Path | None = None, device: str | None = None,
+               cache_bytes: int = DEFAULT_CACHE_BYTES) -> Reader:
+    """A Reader for a model directory, loaded once per process and shared (default: the bundled model)."""
+    from .defaults import default_model_dir
+
+    path = Path(model_path).expanduser().resolve() if model_path else default_model_dir().resolve()
+    key = (str(path), device, cache_bytes)
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+        if reader is None:
+            reader = _READERS[key] = Reader.from_pretrained(path, device=device, cache=cache_bytes)
+        return reader
+
+
+class _RetNetParams:
+    """Fields and helpers shared by RetNetLLM and ChatRetNet (a pydantic mixin)."""
+
+    def _reader(self) -> Reader:
+        if self.reader is not None:
+            return self.reader
+        return get_reader(self.model_path, self.device, self.prefix_cache_bytes)
+
+    def _sampling(self, reader: Reader, kwargs: dict) -> dict:
+        opts = {"max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
+                "temperature": kwargs.pop("temperature", self.temperature),
+                "top_k": kwargs.pop("top_k", self.top_k), "top_p": kwargs.pop("top_p", self.top_p),
+                "repetition_penalty": kwargs.pop("repetition_penalty", self.repetition_penalty),
+                "seed": kwargs.pop("seed", self.seed)}
+        kwargs.pop("model", None)  # a per-call model name only labels traces
+        return opts
+
+    def _start(self, turn: L.TurnTokens, stop: Sequence[str] | None, kwargs: dict) -> AnswerStream:
+        """Read the turn into a fresh state and return the answer stream."""
+        reader = self._reader()
+        cfg = reader.sampling_config(**self._sampling(reader, kwargs))
+        stops = [*reader.stops.stop_strings, *(self.stop or []), *(stop or [])]
+        ing = reader.ingest_chunks(turn.prompt_ids, turn.prompt_chunk_lengths,
+                                   turn.segment_end[: len(turn.prompt_chunk_lengths)], reader.new_state(),
+                                   reader.root_key())
+        from .types import Usage
+
+        return AnswerStream(reader, ing.state, ing.logits, ing.key, sampling=cfg, stop_strings=stops,
+                            usage=Usage(ing.prompt_tokens, ing.cached_tokens))
+
+    def _params(self) -> dict:
+        return {"model_name": self.model_name, "model_path": self.model_path, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+
+
+_FIELDS_DOC = """
+    model_path: model directory (None: the bundled default model); or pass ``reader=`` (an app Reader,
+        e.g. ``MultiDocQA(...).reader``) to share a loaded model.
+    max_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed: sampling.
+    stop: extra stop strings (the layout's own stops always apply).
+"""
+
+
+class RetNetLLM(_RetNetParams, LLM):
+    __doc__ = "A RetNet model as a LangChain LLM: each call reads the prompt into an empty state." + _FIELDS_DOC
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
+
+    model_name: str = Field(default="retnet-rag", alias="model")
+    model_path: str | None = None
+    reader: Any = Field(default=None, exclude=True)
+    device: str | None = None
+    prefix_cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    raw_prompt: bool = False  # read the prompt text as is (markers in it are still special tokens)
+    timeout: float | None = None
+    max_retries: int = 0
+    streaming: bool = False
+
+    @property
+    def _llm_type(self) -> str:
+        return "retnet-rag"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._params()
+
+    def _turn(self, prompt: str) -> L.TurnTokens:
+        reader = self._reader()
+        if self.raw_prompt:
+            ids = L.encode_text(reader.tokenizer, prompt)
+            if not ids:
+                raise ValueError("the prompt is empty")
+            n = reader.max_chunk
+            lengths = [min(n, len(ids) - i) for i in range(0, len(ids), n)]
+            return L.TurnTokens(ids, lengths, ["raw"] * len(lengths), [None] * len(lengths), [True] * len(lengths),
+                                len(ids), "raw")
+        messages = L.split_marked_text(prompt)
+        if not messages:
+            raise ValueError("the prompt is empty")
+        return L.encode_messages(reader.tokenizer, messages, reader.max_chunk)
+
+    def _call(self, prompt: str, stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None,
+              **kwargs: Any) -> str:
+        stream = self._start(self._turn(prompt), stop, kwargs)
+        for piece in stream:
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece)
+        return stream.text
+
+    def _stream(self, prompt: str, stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+        stream = self._start(self._turn(prompt), stop, kwargs)
+        for piece in stream:
+            chunk = GenerationChunk(text=piece)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        yield GenerationChunk(text="", generation_info={"stop_reason": stream.stop_reason,
+                                                        "answer_tokens": len(stream.token_ids)})
+
+
+class ChatRetNet(_RetNetParams, BaseChatModel):
+    __doc__ = ("A RetNet model as a LangChain chat model (streaming): each call reads the whole message history "
+               "into an empty state." + _FIELDS_DOC)
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
+
+    model_name: str = Field(default="retnet-rag", alias="model")
+    model_path: str | None = None
+    reader: Any = Field(default=None, exclude=True)
+    device: str | None = None
+    prefix_cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout: float | None = None
+    max_retries: int = 0
+    streaming: bool = False
+
+    @property
+    def _llm_type(self) -> str:
+        return "retnet-rag-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "retnet-rag"
+        params["ls_model_name"] = kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name
+        return params
+
+    def _turn(self, messages: list[BaseMessage]) -> L.TurnTokens:
+        reader = self._reader()
+        segments: list[tuple[str, str]] = []
+        for m in messages:
+            text = m.text if isinstance(m.text, str) else str(m.content)
+            if isinstance(m, SystemMessage):
+                segments.append(("system", text))
+            elif isinstance(m, HumanMessage):
+                # A human message may write passages out with markers (see format_passages).
+                segments.extend(L.split_marked_text(text) if "<|" in text else [("user", text)])
+            elif isinstance(m, AIMessage):
+                segments.append(("assistant", text))
+            else:  # tool results and anything else: material to read
+                segments.append(("passage", text))
+        if not segments:
+            raise ValueError("no messages to answer")
+        return L.encode_messages(reader.tokenizer, segments, reader.max_chunk)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        stream = self._start(self._turn(messages), stop, kwargs)
+        for piece in stream:
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece)
+        message = AIMessage(content=stream.text, usage_metadata=_usage(stream),
+                            response_metadata=self._response_metadata(stream))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        stream = self._start(self._turn(messages), stop, kwargs)
+        for piece in stream:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=_usage(stream),
+                                                         response_metadata=self._response_metadata(stream),
+                                                         chunk_position="last"))
+
+    def _response_metadata(self, stream: AnswerStream) -> dict:
+        return {"model_name": self.model_name, "stop_reason": stream.stop_reason,
+                "cached_tokens": stream.usage.cached_tokens}
+
+
+def _usage(stream: AnswerStream) -> dict:
+    n_in, n_out = stream.usage.prompt_tokens, len(stream.token_ids)
+    return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+
+
+class CollectionRetriever(BaseRetriever):
+    """A retrieval.Collection as a LangChain retriever. Documents carry title, source, page, score."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    collection: Any
+    k: int = DEFAULT_K
+    documents: list[str] | None = None  # restrict to these document ids
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        hits = self.collection.search(query, self.k, documents=self.documents)
+        return [Document(page_content=h.text, metadata={
+            "title": h.title, "source": h.source, "page": h.page, "doc_id": h.doc_id, "score": h.score,
+            "start": h.start, "end": h.end, "passage_id": h.passage_id}) for h in hits]
+
+
+def format_passages(docs: Sequence[Document]) -> str:
+    """Documents (best first) as passage segments, most relevant last (nearest the question)."""
+    parts = []
+    for d in reversed(list(docs)):
+        title = (d.metadata or {}).get("title")
+        body = L.neutralize(d.page_content.strip())
+        parts.append(f"{L.PASSAGE}{L.neutralize(title)}\n{body}\n" if title else f"{L.PASSAGE}{body}\n")
+    return "".join(parts)
+
+
+def rag_prompt(instructions: str | None = None) -> ChatPromptTemplate:
+    """A prompt taking ``context`` (from ``format_passages``) and ``question``."""
+    messages = [("system", instructions)] if instructions else []
+    # Braces in the markers are not template variables; only {context} and {question} are.
+    messages.append(("human", "{context}" + L.QUESTION + "{question}"))
+    return ChatPromptTemplate.from_messages(messages)

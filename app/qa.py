@@ -1,0 +1,156 @@
+"""MultiDocQA: questions over a document collection, answered by RetNet from retrieved passages.
+
+    from app import MultiDocQA
+    qa = MultiDocQA("manuals")                 # open or create; default model and embedder
+    qa.add(["manual.pdf", "docs/"])            # -> retrieval.IngestReport
+    a = qa.ask("How do I reset the device?")   # one-shot: a fresh state per question
+    print(a.text); print(a.sources[0].cite())
+    for piece in qa.stream("..."): print(piece, end="")
+    with qa.session() as s: ...                # a conversation (see app.session)
+
+All sessions of one MultiDocQA share the model and the prefix-state cache, so
+asking over the same passages again does not re-encode them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .cache import PrefixCache
+from .decoder import AnswerStream
+from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS
+from .encoder import Reader, load_model
+from .errors import CollectionNotFoundError
+from .layout import DEFAULT_LAYOUT
+from .session import Session
+from .types import Answer, Source
+
+
+class MultiDocQA:
+    """A collection + a reader. ``collection`` is a name (opened, or created when ``create``), a
+    ``retrieval.Collection``, or None (no retrieval: the model answers from the conversation alone).
+
+    ``model`` is a model directory (default: the bundled model, see app.defaults), a
+    ``RetNetForCausalLM`` (then ``tokenizer`` is required), or a ready ``Reader``.
+    ``embedder`` is used when the collection is created (default: MiniLM); an existing
+    collection reopens with the embedder it was built with.
+    """
+
+    def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
+                 model: Any = None, tokenizer: Any = None, embedder: Any = None, create: bool = True,
+                 k: int = DEFAULT_K, layout: str = DEFAULT_LAYOUT, instructions: str | None = None,
+                 max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stop: Iterable[str] = (), device=None):
+        self.k = k
+        options = dict(layout=layout, instructions=instructions, max_chunk=max_chunk,
+                       max_question_tokens=max_question_tokens, max_new_tokens=max_new_tokens, cache=cache,
+                       temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                       seed=seed, stop=tuple(stop))
+        if isinstance(model, Reader):
+            self.reader = model
+        elif model is None or isinstance(model, (str, os.PathLike)):
+            m, tok = load_model(model, device)
+            self.reader = Reader(m, tokenizer or tok, **options)
+        else:
+            if tokenizer is None:
+                raise ValueError("a model object needs its tokenizer: MultiDocQA(model=model, tokenizer=tokenizer)")
+            self.reader = Reader(model, tokenizer, **options)
+        self.collection = self._open_collection(collection, data_dir, embedder, create)
+        self._owns_collection = isinstance(collection, str)
+
+    @staticmethod
+    def _open_collection(collection: Any, data_dir, embedder, create: bool):
+        if collection is None or not isinstance(collection, (str, os.PathLike)):
+            return collection
+        from retrieval import Collection, CollectionError
+        from retrieval.collection import default_data_dir
+
+        name = str(collection)
+        if create:
+            return Collection.open_or_create(name, data_dir, embedder=embedder)
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        if name not in Collection.list(root):
+            try:
+                from retrieval import validate_name
+
+                validate_name(name)
+            except CollectionError as e:
+                raise CollectionNotFoundError(str(e)) from None
+            known = Collection.list(root)
+            raise CollectionNotFoundError(
+                f"no collection {name!r} in {root}" + (f" (collections there: {', '.join(known)})" if known else
+                                                       " (there are no collections yet)")
+                + f"; create it with: retnet-rag ingest PATHS --collection {name}")
+        return Collection.open(name, data_dir, embedder=embedder)
+
+    # -- documents -------------------------------------------------------------------------------
+    def _need_collection(self):
+        if self.collection is None:
+            raise CollectionNotFoundError("this MultiDocQA has no collection; pass collection=NAME")
+        return self.collection
+
+    def add(self, paths: Any, progress: bool | None = None):
+        """Ingest files and folders into the collection; returns a retrieval.IngestReport."""
+        return self._need_collection().add(paths, progress=progress)
+
+    def documents(self) -> list:
+        return self._need_collection().documents()
+
+    def search(self, question: str, k: int | None = None, documents: Any = None) -> list[Source]:
+        """The passages a question would be answered from, best first."""
+        q = self.reader.check_question(question)
+        return [Source.from_hit(i + 1, h) for i, h in enumerate(self._retrieve(q, self.k if k is None else k,
+                                                                                documents))]
+
+    def _retrieve(self, question: str, k: int, documents: Any) -> list:
+        if self.collection is None or k <= 0:
+            return []
+        return self.collection.search(question, k, documents=documents)
+
+    # -- asking --------------------------------------------------------------------------------
+    def session(self, **options) -> Session:
+        """A new conversation (options: k, layout, instructions, documents, name)."""
+        options.setdefault("k", self.k)
+        return Session(self.reader, self._retrieve, **options)
+
+    def load_session(self, path: str | os.PathLike, **options) -> Session:
+        return self.session(**options).load(path)
+
+    def ask(self, question: str, **options) -> Answer:
+        """One question, answered from a fresh state (no memory of earlier calls)."""
+        return self.session().ask(question, **options)
+
+    def stream(self, question: str, **options) -> AnswerStream:
+        """Like ``ask``, streaming: iterate for text pieces, then ``.answer``."""
+        return self.session().stream(question, **options)
+
+    @property
+    def model(self):
+        return self.reader.model
+
+    @property
+    def tokenizer(self):
+        return self.reader.tokenizer
+
+    @property
+    def cache(self) -> PrefixCache | None:
+        return self.reader.cache
+
+    def close(self) -> None:
+        if self.collection is not None and self._owns_collection:
+            self.collection.close()
+
+    def __enter__(self) -> MultiDocQA:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name = getattr(self.collection, "name", None)
+        return f"MultiDocQA(collection={name!r}, layout={self.reader.layout!r}, k={self.k})"

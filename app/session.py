@@ -1,0 +1,249 @@
+"""A conversation over documents: a constant-size recurrent state, a transcript and per-turn sources.
+
+    s = qa.session()
+    s.ask("What does -r do?")          # retrieves, ingests the passages, answers; the state remembers
+    s.ask("And -n?")                   # the model still has the first turn in its state
+    s.save("chat.session")             # one file, written atomically
+    t = s.fork()                       # an independent copy of the conversation
+    s.reset()                          # back to an empty state
+
+The state's size depends only on the model, never on how long the conversation
+is. The transcript (questions, answers, sources) is kept for people and for the
+session file; the model never rereads it.
+
+A session file is one safetensors file: the state's tensors, the state header
+that ``retnet.RetentionState.load`` reads (so the file is also a valid state
+file), the transcript as JSON, and a SHA-256 checksum over all of it. It is
+written to a temporary file and renamed over the target, so a failed save
+leaves the previous file intact, and loading refuses a truncated or corrupted
+file, or one written by a different model, with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from retnet import RetentionState, StateMismatchError
+from retnet.io import atomic_write
+from retnet.state import STATE_FORMAT, STATE_FORMAT_VERSION
+
+from .decoder import AnswerStream
+from .defaults import DEFAULT_K
+from .errors import SessionFileError, SessionModelMismatchError
+from .types import Answer, Source, Timings, Usage
+
+SESSION_FORMAT = "retnet-rag-session"
+SESSION_FORMAT_VERSION = 1
+
+Retriever = Callable[[str, int, Any], Sequence[Any]]  # (question, k, documents) -> SearchHits, best first
+
+
+class Session:
+    """State + transcript + sources of one conversation. Not shared between threads (guarded by a lock)."""
+
+    def __init__(self, reader, retriever: Retriever | None = None, *, k: int = DEFAULT_K, layout: str | None = None,
+                 instructions: str | None = None, documents: Any = None, name: str | None = None):
+        self.reader = reader
+        self.retriever = retriever
+        self.k = k
+        self.layout = layout
+        self.instructions = instructions
+        self.documents = documents  # restrict retrieval to these document ids (None: all)
+        self.name = name
+        self.turns: list[Answer] = []
+        self.state: RetentionState = reader.new_state()
+        self.key: bytes = reader.root_key()
+        self._lock = threading.RLock()
+        self._pending: AnswerStream | None = None
+
+    # -- asking ----------------------------------------------------------------------------------
+    def ask(self, question: str, **options) -> Answer:
+        """Answer a question (retrieval, ingestion, decoding); the turn joins the conversation."""
+        return self.stream(question, **options).result()
+
+    def stream(self, question: str, *, k: int | None = None, documents: Any = None, layout: str | None = None,
+               stop: Sequence[str] | None = None, **sampling) -> AnswerStream:
+        """Like ``ask`` but returns an AnswerStream to iterate for text pieces. The turn joins the
+        conversation when the stream ends (or is closed). Asking again before that closes it."""
+        started = time.perf_counter()
+        reader = self.reader
+        q = reader.check_question(question)
+        cfg = reader.sampling_config(**sampling)
+        with self._lock:
+            if self._pending is not None and not self._pending.finished:
+                self._pending.close()
+            k = self.k if k is None else k
+            docs = self.documents if documents is None else documents
+            hits = list(self.retriever(q, k, docs)) if self.retriever is not None and k > 0 else []
+            retrieved = time.perf_counter()
+            sources = [Source.from_hit(i + 1, h) for i, h in enumerate(hits)]
+            first = int(self.state.offsets[0]) == 0
+            turn = reader.layout_turn(q, hits, first_turn=first, layout=layout or self.layout,
+                                      instructions=self.instructions)
+            ing = reader.ingest(turn, self.state, self.key)
+            stop_strings = None if stop is None else [*reader.stops.stop_strings, *stop]
+            stream = AnswerStream(reader, ing.state, ing.logits, ing.key, question=q, sources=sources, sampling=cfg,
+                                  stop_strings=stop_strings, usage=Usage(ing.prompt_tokens, ing.cached_tokens),
+                                  timings=Timings(retrieve_s=retrieved - started, encode_s=ing.seconds),
+                                  started=started, on_finish=self._commit, lock=self._lock)
+            self._pending = stream
+            return stream
+
+    def _commit(self, stream: AnswerStream) -> None:
+        self.state, self.key = stream.state, stream.key
+        self.turns.append(stream._answer)
+        if self._pending is stream:
+            self._pending = None
+
+    def _settle(self) -> None:
+        if self._pending is not None and not self._pending.finished:
+            self._pending.close()
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def sources(self) -> list[Source]:
+        """The sources of the last turn."""
+        return list(self.turns[-1].sources) if self.turns else []
+
+    @property
+    def transcript(self) -> list[tuple[str, str]]:
+        return [(t.question, t.text) for t in self.turns]
+
+    @property
+    def state_bytes(self) -> int:
+        return self.state.nbytes
+
+    @property
+    def tokens_read(self) -> int:
+        return int(self.state.offsets[0])
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def __repr__(self) -> str:
+        return f"Session({len(self.turns)} turns, {self.tokens_read} tokens read, state {self.state_bytes} bytes)"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def fork(self) -> Session:
+        """An independent copy: both conversations can go on separately from here."""
+        with self._lock:
+            self._settle()
+            other = Session(self.reader, self.retriever, k=self.k, layout=self.layout, instructions=self.instructions,
+                            documents=self.documents, name=self.name)
+            other.state, other.key = self.state.clone(), self.key
+            other.turns = [Answer.from_dict(t.to_dict()) for t in self.turns]
+            return other
+
+    def reset(self) -> None:
+        """Forget everything: an empty state and transcript."""
+        with self._lock:
+            self._settle()
+            self.state, self.key, self.turns = self.reader.new_state(), self.reader.root_key(), []
+
+    def close(self) -> None:
+        with self._lock:
+            self._settle()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write state + transcript to one file, atomically (temp file + rename)."""
+        path = Path(path).expanduser()
+        with self._lock:
+            self._settle()
+            tensors = {f"layer.{i}": t.detach().contiguous().cpu() for i, t in enumerate(self.state.layers)}
+            tensors["offsets"] = self.state.offsets.detach().contiguous().cpu()
+            header = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION,
+                      "fingerprint": self.state.fingerprint, "num_layers": len(self.state.layers)}
+            session = json.dumps({
+                "format": SESSION_FORMAT, "format_version": SESSION_FORMAT_VERSION, "key": self.key.hex(),
+                "k": self.k, "layout": self.layout, "instructions": self.instructions, "name": self.name,
+                "documents": _jsonable_documents(self.documents), "saved_at": time.time(),
+                "turns": [t.to_dict() for t in self.turns]})
+            metadata = {"header": json.dumps(header), "session": session,
+                        "checksum": _checksum(session, tensors)}
+            atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return path
+
+    def load(self, path: str | Path) -> Session:
+        """Replace this session's state and transcript with a saved one. On any error (missing,
+        truncated, corrupted, another model's file) this session is left exactly as it was."""
+        state, data = read_session_file(path, self.reader.model)
+        with self._lock:
+            self._settle()
+            self.state = state.to(self.reader.device)
+            self.key = bytes.fromhex(data["key"])
+            self.turns = [Answer.from_dict(t) for t in data.get("turns", [])]
+            self.k = data.get("k", self.k)
+            self.layout = data.get("layout", self.layout)
+            self.instructions = data.get("instructions", self.instructions)
+            self.name = data.get("name", self.name)
+            if data.get("documents") is not None:
+                self.documents = data["documents"]
+        return self
+
+
+def read_session_file(path: str | Path, model) -> tuple[RetentionState, dict]:
+    """The state and the session JSON of a session file, checked end to end."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SessionFileError(f"no session file at {path}")
+    if not path.is_file():
+        raise SessionFileError(f"{path} is not a file")
+    try:
+        state = RetentionState.load(path)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except StateMismatchError as e:
+        raise SessionFileError(f"cannot read session file {path}: it is truncated, corrupted or not a session file "
+                               f"({e})") from None
+    except Exception as e:  # any reader failure on a damaged file is the same story for the user
+        raise SessionFileError(f"cannot read session file {path}: it is truncated or corrupted "
+                               f"({type(e).__name__}: {e})") from None
+    if "session" not in meta:
+        raise SessionFileError(f"{path} is a bare state file, not a session file (no transcript)")
+    if meta.get("checksum") != _checksum(meta["session"], tensors):
+        raise SessionFileError(f"session file {path} is corrupted (checksum mismatch)")
+    try:
+        data = json.loads(meta["session"])
+    except json.JSONDecodeError as e:
+        raise SessionFileError(f"session file {path} is corrupted (bad transcript JSON: {e})") from None
+    if data.get("format") != SESSION_FORMAT or data.get("format_version") != SESSION_FORMAT_VERSION:
+        raise SessionFileError(f"{path} has session format {data.get('format')!r} version "
+                               f"{data.get('format_version')!r}; this code reads {SESSION_FORMAT!r} version "
+                               f"{SESSION_FORMAT_VERSION}")
+    try:
+        state.check_compatible(model, source=f"session file {path}")
+    except StateMismatchError as e:
+        raise SessionModelMismatchError(f"{e}; load it with the model that saved it") from None
+    return state, data
+
+
+def _checksum(session_json: str, tensors: dict) -> str:
+    h = hashlib.sha256(session_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _jsonable_documents(documents: Any) -> Any:
+    if documents is None or isinstance(documents, str):
+        return documents
+    return list(documents)
