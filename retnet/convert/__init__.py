@@ -124,6 +124,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, source: str = "auto", *
     src, dst = Path(src), Path(dst)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+    if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
+        raise ValueError(f"the destination {dst} must not be (or contain) the source {src}")
     if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst} exists and is not empty (pass overwrite=True to replace it)")
     kind = detect_source(src) if source == "auto" else source
