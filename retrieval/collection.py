@@ -264,6 +264,10 @@ class Collection:
     def document(self, doc_id: str) -> DocumentInfo | None:
         return self.store.document(doc_id)
 
+    def passages(self, doc_id: str) -> list[Passage]:
+        """All passages of a document, in order (empty if there is no such document)."""
+        return self.store.passages(doc_id)
+
     def search(self, query: str, k: int = 8, documents: str | Iterable[str] | None = None) -> list[SearchHit]:
         """The ``k`` passages closest to ``query``, best first; ``documents`` limits to those ids."""
         if k <= 0:
@@ -357,7 +361,12 @@ class Collection:
                     if self.store.document(doc.id) or doc.id in batch.ids:
                         result.status, result.duplicate_of = DUPLICATE, doc.source
                         continue
-                    batch.add(result, doc, self.splitter.split(doc))
+                    passages = self.splitter.split(doc)
+                    if not passages:
+                        self._fail(result, "no text to index")
+                        continue
+                    result.passages = len(passages)
+                    batch.add(result, doc, passages)
                     if batch.passages >= self.batch_passages:
                         self._commit(batch, None)
                 self._commit(batch, None)

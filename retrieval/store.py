@@ -187,6 +187,14 @@ class Store:
             yield ids, vecs
             last = int(ids[-1])
 
+    def passages(self, doc_id: str) -> list[Passage]:
+        rows = self.conn.execute(
+            'SELECT doc_id, position, text, start, "end", page, tokens FROM passages WHERE doc_id = ?'
+            " ORDER BY position",
+            (doc_id,),
+        )
+        return [Passage(*row) for row in rows]
+
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Vectors of the given passage ids, in the same order."""
         found: dict[int, bytes] = {}

@@ -139,6 +139,10 @@ def test_add_documents_and_custom_splitter(make_collection):
     report = col.add_documents([doc, doc])
     assert [r.status for r in report.results] == ["added", "duplicate"]
     assert len(col) == 2 and col.search("seven eight")[0].text == "six seven eight nine ten"
+    assert [p.text for p in col.passages("memo0001")] == ["one two three four five", "six seven eight nine ten"]
+    assert col.passages("nope") == []
+    blank = Document("blank001", "blank", "Blank", "text", "   ", [Page(None, 0, 3)])
+    assert col.add_documents([blank]).results[0].error == "no text to index"
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
