@@ -252,21 +252,27 @@ class Collection:
 
     def __len__(self) -> int:
         """Number of passages."""
-        return self.store.passage_count()
+        with self._mutex:
+            return self.store.passage_count()
 
     def __repr__(self) -> str:
         return f"Collection({self.name!r}, path={str(self.path)!r}, index={self.index_kind!r})"
 
     # -- reading ----------------------------------------------------------------------
+    # One SQLite connection serves every thread (a Gradio app has several): the mutex
+    # keeps a reader from seeing another thread's transaction half-way.
     def documents(self) -> list[DocumentInfo]:
-        return self.store.documents()
+        with self._mutex:
+            return self.store.documents()
 
     def document(self, doc_id: str) -> DocumentInfo | None:
-        return self.store.document(doc_id)
+        with self._mutex:
+            return self.store.document(doc_id)
 
     def passages(self, doc_id: str) -> list[Passage]:
         """All passages of a document, in order (empty if there is no such document)."""
-        return self.store.passages(doc_id)
+        with self._mutex:
+            return self.store.passages(doc_id)
 
     def search(self, query: str, k: int = 8, documents: str | Iterable[str] | None = None) -> list[SearchHit]:
         """The ``k`` passages closest to ``query``, best first; ``documents`` limits to those ids."""

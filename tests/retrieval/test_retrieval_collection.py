@@ -189,3 +189,35 @@ def test_report_text(make_collection, corpus, tmp_path):
     assert f"failed    {tmp_path / 'empty.txt'}: empty file" in summary
     assert report.result(str(tmp_path / "empty.txt")).error == "empty file"
     assert not report.ok
+
+
+def test_threads_search_while_adding(make_collection, tmp_path):
+    import threading
+
+    col = make_collection()
+    for i in range(40):
+        write(tmp_path / "t" / f"{i:02d}.txt", f"Thread test document {i} about subject {i % 5}.")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                for hit in col.search("thread test document subject", k=5):
+                    assert hit.text.startswith("Thread test document")
+                col.documents()
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(0, 40, 8):
+            col.add([tmp_path / "t" / f"{j:02d}.txt" for j in range(i, i + 8)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors and len(col.documents()) == 40
+    assert_consistent(col)
