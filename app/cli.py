@@ -180,7 +180,8 @@ def _add(qa, paths) -> None:
     _info(report.summary())
 
 
-def _print_sources(sources, out=sys.stdout) -> None:
+def _print_sources(sources, out=None) -> None:
+    out = out or sys.stdout
     if not sources:
         print("(no sources: the collection returned no passages)", file=out)
         return
@@ -190,7 +191,8 @@ def _print_sources(sources, out=sys.stdout) -> None:
         print(f"      {s.snippet(200)}", file=out)
 
 
-def _stream_answer(session, question: str, out=sys.stdout):
+def _stream_answer(session, question: str, out=None):
+    out = out or sys.stdout
     stream = session.stream(question)
     try:
         for piece in stream:

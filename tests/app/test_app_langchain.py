@@ -1,0 +1,141 @@
+"""LangChain: RetNetLLM, ChatRetNet (with the standard unit tests), CollectionRetriever and an LCEL chain."""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("langchain_tests")
+
+from app_testutil import scripted_tokens, special_tokenizer, tiny_model  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
+from langchain_core.output_parsers import StrOutputParser  # noqa: E402
+from langchain_core.runnables import RunnablePassthrough  # noqa: E402
+from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
+
+from app import layout as L  # noqa: E402
+from app.encoder import Reader  # noqa: E402
+from app.langchain import ChatRetNet, CollectionRetriever, RetNetLLM, format_passages, get_reader, rag_prompt  # noqa: E402
+
+
+@cache
+def _standard_model_dir() -> str:
+    path = Path(tempfile.mkdtemp(prefix="retnet-rag-lc-")) / "model"
+    tok = special_tokenizer()
+    tiny_model(vocab_size=tok.get_vocab_size(), seed=2).save_pretrained(path, tokenizer=tok)
+    return str(path)
+
+
+class TestChatRetNetStandard(ChatModelUnitTests):
+    @property
+    def chat_model_class(self):
+        return ChatRetNet
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model_path": _standard_model_dir()}
+
+
+class Collect(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
+
+
+@pytest.fixture
+def lc_reader(special_model, special_tok):
+    return Reader(special_model, special_tok, max_new_tokens=12)
+
+
+def test_llm_call_stream_callbacks_and_stop(lc_reader, special_tok, monkeypatch):
+    script = scripted_tokens(monkeypatch, [*special_tok.encode("Paris is big. More").ids,
+                                           special_tok.token_to_id(L.END)])
+    llm = RetNetLLM(reader=lc_reader, max_tokens=30)
+    assert llm._llm_type == "retnet-rag" and llm._identifying_params["max_tokens"] == 30
+    assert llm.invoke("Capital of France?") == "Paris is big. More"
+    script["n"] = 0
+    assert llm.invoke("Capital of France?", stop=[". "]) == "Paris is big"
+    script["n"] = 0
+    handler = Collect()
+    chunks = list(llm.stream("Capital of France?", config={"callbacks": [handler]}, stop=["More"]))
+    assert "".join(chunks).strip() == "Paris is big." and "".join(handler.tokens).strip() == "Paris is big."
+    assert len([c for c in chunks if c]) > 1  # really streamed, piece by piece
+
+
+def test_llm_reads_plain_and_marked_prompts(lc_reader, monkeypatch):
+    seen = []
+    orig = lc_reader.ingest_chunks
+    monkeypatch.setattr(lc_reader, "ingest_chunks", lambda ids, lengths, *a: seen.append((ids, lengths))
+                        or orig(ids, lengths, *a))
+    tok = lc_reader.tokenizer
+    RetNetLLM(reader=lc_reader, max_tokens=2).invoke("Plain question?")
+    assert seen[-1][0] == L.encode_turn(tok, "Plain question?", layout="pq").ids
+    marked = f"{L.PASSAGE}Doc\nText one.\n{L.PASSAGE}Text two.\n{L.QUESTION}Which?"
+    RetNetLLM(reader=lc_reader, max_tokens=2).invoke(marked)
+    ids, lengths = seen[-1]
+    assert len(lengths) == 3 and ids.count(tok.token_to_id(L.PASSAGE)) == 2 and ids[-1] == tok.token_to_id(L.ANSWER)
+    RetNetLLM(reader=lc_reader, max_tokens=2, raw_prompt=True).invoke("just text")
+    assert seen[-1][0] == tok.encode("just text").ids
+
+
+def test_chat_messages_streaming_and_usage(lc_reader, special_tok, monkeypatch):
+    script = scripted_tokens(monkeypatch, [*special_tok.encode("Hi you").ids, special_tok.token_to_id(L.END)])
+    chat = ChatRetNet(reader=lc_reader)
+    msgs = [SystemMessage("Be brief."), HumanMessage("q1"), AIMessage("a1"), ToolMessage("tool says", tool_call_id="1"),
+            HumanMessage("q2")]
+    out = chat.invoke(msgs)
+    assert out.content == "Hi you" and out.response_metadata["stop_reason"] == "eos"
+    assert out.usage_metadata["output_tokens"] == len(special_tok.encode("Hi you").ids)
+    rendered = special_tok.decode(chat._turn(msgs).ids, skip_special_tokens=False)
+    assert rendered == (f"{L.SYSTEM}Be brief.\n{L.QUESTION}q1\n{L.ANSWER}a1{L.END}{L.PASSAGE}tool says\n"
+                        f"{L.QUESTION}q2\n{L.ANSWER}")
+    handler = Collect()
+    script["n"] = 0
+    chunks = list(chat.stream(msgs, config={"callbacks": [handler]}))
+    assert "".join(c.content for c in chunks) == "Hi you" == "".join(handler.tokens)
+    assert chunks[-1].usage_metadata["total_tokens"] > 0
+
+
+def test_no_hidden_state_between_calls(lc_reader):
+    chat = ChatRetNet(reader=lc_reader, max_tokens=6)
+    first = chat.invoke("What is rsync?").content
+    chat.invoke("Something else entirely, to disturb any hidden state.")
+    assert chat.invoke("What is rsync?").content == first
+
+
+def test_model_path_loads_once(tiny_model_dir):
+    a = ChatRetNet(model_path=str(tiny_model_dir), max_tokens=2)
+    b = RetNetLLM(model_path=str(tiny_model_dir), max_tokens=2)
+    a.invoke("hi"), b.invoke("hi")
+    assert a._reader() is b._reader() is get_reader(tiny_model_dir)
+
+
+def test_retriever_and_lcel_chain(qa, monkeypatch):
+    retriever = CollectionRetriever(collection=qa.collection, k=2)
+    docs = retriever.invoke("What does rsync -r do?")
+    assert all(isinstance(d, Document) for d in docs) and len(docs) == 2
+    assert docs[0].metadata["title"] == "rsync" and "-r option" in docs[0].page_content
+    assert {"source", "page", "doc_id", "score", "start", "end"} <= set(docs[0].metadata)
+    rendered = format_passages(docs)
+    assert rendered.index("rsync\n") > rendered.index(docs[1].metadata["title"])  # most relevant last
+
+    chat = ChatRetNet(reader=qa.reader, max_tokens=5)
+    seen = []
+    orig = qa.reader.ingest_chunks
+    monkeypatch.setattr(qa.reader, "ingest_chunks", lambda ids, lengths, *a: seen.append(len(lengths))
+                        or orig(ids, lengths, *a))
+    chain = {"context": retriever | format_passages, "question": RunnablePassthrough()} | rag_prompt() | chat \
+        | StrOutputParser()
+    out = chain.invoke("What does rsync -r do?")
+    assert isinstance(out, str)
+    assert seen and seen[-1] >= 3  # one chunk per passage, then the question
+    # streaming through the chain works too
+    assert "".join(chain.stream("What does rsync -r do?")) == out
