@@ -185,7 +185,12 @@ class Collection:
             raise CollectionError(f"no collection {name!r} in {path.parent}")
         store = Store(path / _DB)
         try:
-            stored = store.get_meta("embedder") or ""
+            stored = store.get_meta("embedder")
+            if stored is None:  # another process is creating it: its lock ends when it is done
+                with exclusive_lock(path / "lock", lock_timeout):
+                    stored = store.get_meta("embedder")
+                if stored is None:
+                    raise CollectionError(f"collection {name!r} in {path.parent} is incomplete (no embedder)")
             if embedder is None:
                 embedder = embedder_from_name(stored)
             elif embedder.name != stored:
@@ -220,9 +225,14 @@ class Collection:
     ) -> Collection:
         """Open ``name`` if it exists (``index`` is then ignored), else create it."""
         path = _collection_dir(name, data_dir)
-        if (path / _DB).exists():
-            return cls.open(name, data_dir, embedder=embedder, **options)
-        return cls.create(name, data_dir, embedder=embedder, index=index, **options)
+        if not (path / _DB).exists():
+            try:
+                return cls.create(name, data_dir, embedder=embedder, index=index, **options)
+            except CollectionError:
+                if not path.exists():
+                    raise
+                # Another process created it first: open theirs.
+        return cls.open(name, data_dir, embedder=embedder, **options)
 
     @staticmethod
     def list(data_dir: str | os.PathLike | None = None) -> list[str]:

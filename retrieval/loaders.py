@@ -101,7 +101,7 @@ def load_document(
         pages = [Page(None, 0, len(text))]
     return Document(
         id=doc_id,
-        source=str(path),
+        source=str(path.absolute()),  # provenance must survive a change of working directory
         title=title or path.stem,
         kind=kind,
         text=text,

@@ -22,7 +22,7 @@ class Document:
     """A loaded file: its full text plus where each page lies in it."""
 
     id: str  # content hash of the file bytes: the same bytes always get the same id
-    source: str  # path the file was loaded from
+    source: str  # absolute path the file was loaded from
     title: str
     kind: str  # "pdf", "text", "markdown" or "html"
     text: str

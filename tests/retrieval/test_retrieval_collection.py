@@ -221,3 +221,16 @@ def test_threads_search_while_adding(make_collection, tmp_path):
             t.join()
     assert not errors and len(col.documents()) == 40
     assert_consistent(col)
+
+
+def test_concurrent_open_or_create(data_dir, embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_one(_):
+        col = Collection.open_or_create("race", data_dir, embedder=embedder, progress=False)
+        col.close()
+        return col.name
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(open_one, range(6))) == ["race"] * 6
+    assert Collection.list(data_dir) == ["race"]

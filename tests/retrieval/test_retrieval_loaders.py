@@ -178,3 +178,9 @@ def test_iter_files_recursive_sorted_and_filtered(tmp_path):
         ("root/a/deep/x.html", None),
         ("single.docx", None),  # named explicitly: the loader will say what is wrong with it
     ]
+
+
+def test_source_is_absolute(tmp_path, monkeypatch):
+    write(tmp_path / "rel" / "a.txt", "text")
+    monkeypatch.chdir(tmp_path)
+    assert load_document("rel/a.txt").source == str(tmp_path / "rel" / "a.txt")
