@@ -210,7 +210,7 @@ def markdown(args, ingest: list[dict], search: list[dict]) -> str:
     lines = [
         "# Ingest and search benchmark (CPU)",
         "",
-        f"Command: `python benchmarks/ingest.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        f"Command: `{' '.join(['python benchmarks/ingest.py', *sys.argv[1:]])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; {time.strftime('%Y-%m-%d')}.  ",
