@@ -63,6 +63,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for the model (default 0 = auto: 1 for small models, else torch's default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,10 +164,12 @@ def _embedder(args):
 
 
 def _open_qa(args, create: bool):
+    from .defaults import configure_threads
     from .encoder import load_model
     from .qa import MultiDocQA
 
     model, tokenizer = load_model(args.model, args.device)  # a missing model fails before any ingestion
+    configure_threads(args.threads, model)
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=model, tokenizer=tokenizer,
                       embedder=_embedder(args), create=create, k=args.k, layout=args.layout,
                       max_new_tokens=args.max_new_tokens, max_question_tokens=args.max_question_tokens,

@@ -42,3 +42,22 @@ def make_embedder(name: str = "minilm"):
     if name == "hash":
         return HashEmbedder()
     raise ValueError(f"unknown embedder {name!r}; choose one of {EMBEDDERS}")
+
+
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def configure_threads(threads: int | None, model=None) -> int:
+    """Set torch's intra-op threads for CPU inference and return the number used.
+
+    ``threads`` > 0: exactly that many. 0 or None ("auto"): one thread for models under
+    100M parameters (their matrices are too small to split; on a busy 2-core machine extra
+    threads made the bundled model's decode ~10x slower), else torch's default.
+    """
+    import torch
+
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+    elif model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

@@ -7,7 +7,9 @@ never changes; only what it has read does.
 
 With a prefix cache, the state after every passage boundary is snapshotted under the
 exact token prefix (app.cache), and a turn starting with a cached prefix restores the
-deepest snapshot and encodes only the rest.
+deepest snapshot and encodes only the rest. By default snapshots are stored only for
+turns read from an empty state (SNAPSHOT_POLICIES), so a long conversation does not
+fill the cache with prefixes that cannot recur.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from .cache import PrefixCache, chain_key, root_key
 from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS, default_model_dir
 from .errors import EmptyQuestionError, ModelNotFoundError, QuestionTooLongError
 
+# When to store prefix snapshots: "start" = only for turns read from an empty state (the start of a
+# session, every one-shot ask, every LangChain call: where identical prefixes recur), "all" = also
+# in the middle of conversations (useful only for forks that ask the same thing; costs a snapshot
+# per passage per turn, up to the cache budget). Lookups happen for every turn either way.
+SNAPSHOT_POLICIES = ("start", "all")
 _SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
 
 
@@ -73,8 +80,9 @@ class Reader:
     def __init__(self, model: RetNetForCausalLM, tokenizer: Any, *, layout: str = L.DEFAULT_LAYOUT,
                  max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
                  instructions: str | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 stop: Sequence[str] = (), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None):
+                 cache_snapshots: str = "start", stop: Sequence[str] = (),
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None):
         if layout not in L.LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {L.LAYOUTS}")
         if max_question_tokens < 1:
@@ -88,6 +96,9 @@ class Reader:
         if isinstance(cache, int):
             cache = PrefixCache(cache) if cache > 0 else None
         self.cache: PrefixCache | None = cache
+        if cache_snapshots not in SNAPSHOT_POLICIES:
+            raise ValueError(f"cache_snapshots must be one of {SNAPSHOT_POLICIES}, got {cache_snapshots!r}")
+        self.cache_snapshots = cache_snapshots
         self.stops = L.stop_conventions(tokenizer, stop)
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
@@ -167,6 +178,7 @@ class Reader:
             bounds.append(bounds[-1] + n)
         start, logits, cached = 0, None, 0
         cache = self.cache
+        store = cache is not None and (self.cache_snapshots == "all" or int(state.offsets.max()) == 0)
         if cache is not None:
             i, snap = cache.lookup([kk if snapshot_at[j] else b"" for j, kk in enumerate(keys)])
             if snap is not None:
@@ -178,7 +190,7 @@ class Reader:
         for j in range(start, len(chunk_lengths)):
             group.append(j)
             last = j == len(chunk_lengths) - 1
-            snap_here = cache is not None and snapshot_at[j]
+            snap_here = store and snapshot_at[j]
             if not (last or snap_here):
                 continue
             lo, hi = bounds[group[0]], bounds[group[-1] + 1]

@@ -44,11 +44,13 @@ class MultiDocQA:
                  k: int = DEFAULT_K, layout: str = DEFAULT_LAYOUT, instructions: str | None = None,
                  max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
+                 cache_snapshots: str = "start",
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  seed: int | None = None, stop: Iterable[str] = (), device=None):
         self.k = k
         options = dict(layout=layout, instructions=instructions, max_chunk=max_chunk,
                        max_question_tokens=max_question_tokens, max_new_tokens=max_new_tokens, cache=cache,
+                       cache_snapshots=cache_snapshots,
                        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                        seed=seed, stop=tuple(stop))
         if isinstance(model, Reader):

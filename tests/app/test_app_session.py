@@ -52,9 +52,32 @@ def test_fork_is_independent_and_deterministic(qa):
     before = s.state.clone()
     a = f.ask("And -c?")
     assert same_state(s.state, before) and len(s.turns) == 1 and len(f.turns) == 2
-    b = s.ask("And -c?")  # same history, same question: same answer, read from the prefix cache
+    b = s.ask("And -c?")  # same history, same question: same answer
     assert a.text == b.text and same_state(f.state, s.state)
-    assert b.usage.cached_tokens == b.usage.prompt_tokens
+    # mid-conversation prefixes are not snapshotted by default, so this was encoded again
+    assert b.usage.cached_tokens == 0
+
+
+def test_forks_share_snapshots_with_the_all_policy(model, byte_tok, docs_dir, data_dir):
+    from retrieval import HashEmbedder
+
+    with MultiDocQA("docs", data_dir=data_dir, model=model, tokenizer=byte_tok, embedder=HashEmbedder(64), k=2,
+                    max_new_tokens=4, cache_snapshots="all") as qa:
+        qa.add(docs_dir, progress=False)
+        s = qa.session()
+        s.ask("What does tar -x do?")
+        f = s.fork()
+        a, b = f.ask("And -c?"), s.ask("And -c?")
+        assert a.text == b.text and a.usage.cached_tokens == 0 and b.usage.cached_tokens == b.usage.prompt_tokens
+
+
+def test_long_conversations_do_not_fill_the_cache(qa):
+    s = qa.session()
+    s.ask("What does tar -x do?")
+    entries = len(qa.cache)
+    for i in range(5):
+        s.ask(f"follow-up {i}?")
+    assert len(qa.cache) == entries
 
 
 def test_reset_forgets_everything(qa):
