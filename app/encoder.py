@@ -56,8 +56,8 @@ def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCa
     default = path is None
     path = Path(path).expanduser() if path is not None else default_model_dir()
     if not path.is_dir():
-        hint = (" The default model has not been built yet: train it (see data/README) or pass --model DIR"
-                " (env RETNET_RAG_MODEL)." if default else "")
+        hint = (" The bundled default model is missing from this checkout (it is built by the project's training"
+                " pipeline, see README); pass --model DIR or set RETNET_RAG_MODEL." if default else "")
         raise ModelNotFoundError(f"model directory {path} does not exist.{hint}")
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")

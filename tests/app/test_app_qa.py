@@ -82,7 +82,7 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="not a model directory"):
         MultiDocQA(None, model=tmp_path / "empty")
     monkeypatch.setenv("RETNET_RAG_MODEL", str(tmp_path / "default-model"))
-    with pytest.raises(ModelNotFoundError, match="default model has not been built"):
+    with pytest.raises(ModelNotFoundError, match="bundled default model is missing"):
         MultiDocQA(None)
 
 
