@@ -165,6 +165,7 @@ _BOILERPLATE = [
     re.compile(r"^This page is licensed under the Python Software Foundation License"),
     re.compile(r"^Last updated on "),
     re.compile(r"^Found a bug\?"),
+    re.compile(r"^Download the ebook$"),
 ]
 
 
@@ -226,12 +227,18 @@ def dedup_docs(docs: list[dict], min_par_words: int = 8, drop_ratio: float = 0.5
 
 
 def verify_qa(doc: dict) -> list[dict]:
+    """Keep QA candidates whose answer and anchor occur in the (cleaned) text. A question asked
+    twice with different answers (a repeated section heading, an option listed in a summary and
+    described again) is ambiguous and dropped altogether."""
     text = doc["text"]
     low = text.lower()
+    answers: dict[str, set[str]] = defaultdict(set)
+    for q in doc.get("qa", []):
+        answers[q["question"]].add(q["answer"])
     out = []
     seen = set()
     for q in doc.get("qa", []):
-        if q["question"] in seen:
+        if q["question"] in seen or len(answers[q["question"]]) > 1:
             continue
         if q["answer"] in text and q["anchor"].lower() in low:
             seen.add(q["question"])

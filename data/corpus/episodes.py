@@ -61,6 +61,7 @@ TRAIN_CAPS = {"dict_wordnet": 30000, "dict_gcide": 15000, "dict_other": 8000, "a
 EVAL_CAPS = {"dict_wordnet": 250, "dict_gcide": 200, "dict_other": 150, "acronym": 150, "man_option": 250,
              "man_name": 150, "api": 200, "section": 300, "synthetic_kv": 400}
 CLOSED_BOOK_CONTROL = {"synthetic_kv", "section"}
+MAX_ANSWER_TOKENS = 30
 
 
 def episode_kind(qa_kind: str, package: str) -> str:
@@ -272,11 +273,19 @@ class Stream:
 
 
 def build_split(split: str, docs: list[dict], stream: Stream, caps: dict, seed: int, dmin: int, dmax: int,
-                extra_pool: int, n_synth: int, synth_forbidden: set[str]) -> tuple[list[dict], dict, list[dict]]:
+                extra_pool: int, n_synth: int, synth_forbidden: set[str], tok=None,
+                max_answer_tokens: int = MAX_ANSWER_TOKENS) -> tuple[list[dict], dict, list[dict]]:
     """Episodes of one split. ``docs`` are the corpus documents of the split; only those in the
     pretraining stream are used, and real passages are identified by their index in the stream's
-    passage table. Synthetic passages get ids from ``stream.n_passages`` on."""
+    passage table. Synthetic passages get ids from ``stream.n_passages`` on. With ``tok``, answers
+    longer than ``max_answer_tokens`` tokens are skipped."""
     docs = [d for d in docs if d["id"] in stream.doc_no]
+    if tok is not None:
+        for d in docs:
+            qa = d.get("qa", [])
+            if qa:
+                lens = [len(e.ids) for e in tok.encode_batch([q["answer"] for q in qa], add_special_tokens=False)]
+                d["qa"] = [q for q, n in zip(qa, lens, strict=True) if n <= max_answer_tokens]
     r = random.Random(f"{seed}:{split}:select")
     cands: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for di, d in enumerate(docs):
@@ -504,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-dir", type=Path, default=REPO / "data" / "build")
     ap.add_argument("--min-distractors", type=int, default=1)
     ap.add_argument("--max-distractors", type=int, default=16)
-    ap.add_argument("--passage-words", type=int, default=200)
+    ap.add_argument("--max-answer-tokens", type=int, default=MAX_ANSWER_TOKENS)
     ap.add_argument("--train-extra-pool", type=int, default=20000, help="passages of non-gold documents added")
     ap.add_argument("--eval-extra-pool", type=int, default=3000)
     ap.add_argument("--train-scale", type=float, default=1.0, help="multiply the train caps")
@@ -523,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     ev_stream = Stream(args.build_dir, "eval")
     ev, ev_pool, ev_synth = build_split("eval", read_corpus(cdir / "eval.jsonl.gz"), ev_stream, EVAL_CAPS, args.seed,
                                         args.min_distractors, args.max_distractors, args.eval_extra_pool,
-                                        EVAL_CAPS["synthetic_kv"], set())
+                                        EVAL_CAPS["synthetic_kv"], set(), tok, args.max_answer_tokens)
     ev_keys = {f"{e['question']}" for e in ev}
     tr_docs = read_corpus(cdir / "train.jsonl.gz")
     eval_doc_ids = {p["doc_id"] for p in ev_pool.values()}
@@ -533,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     tr_stream = Stream(args.build_dir, "train")
     tr, tr_pool, tr_synth = build_split("train", tr_docs, tr_stream, caps, args.seed, args.min_distractors,
                                         args.max_distractors, args.train_extra_pool, caps["synthetic_kv"],
-                                        forbidden)
+                                        forbidden, tok, args.max_answer_tokens)
     del tr_docs
     n0 = len(tr)
     tr = [e for e in tr if e["question"] not in ev_keys]

@@ -33,6 +33,8 @@ def _short_answer(s: str) -> str | None:
     n = len(s.split())
     if n < 2 or n > MAX_ANSWER_WORDS:
         return None
+    if s.endswith(("...", "…", ":", ",")) or s.count("(") != s.count(")") or s.count("[") != s.count("]"):
+        return None  # cut in the middle of an ellipsis, a list or a bracket
     return s
 
 
@@ -118,6 +120,33 @@ def html_to_doc(path: Path, package: str, doc_id: str, licence: str, main_select
             if ans and ans[0].isalnum() and "." in name:
                 qa.append({"kind": "api", "anchor": vis, "answer": ans,
                            "question": f"What does the Python {kind} {name}() do?"})
+
+    # reference pages (PostgreSQL and other DocBook output): "name — purpose" and option lists
+    rn = root.find("div", class_="refnamediv")
+    refname = None
+    if rn is not None and rn.find("p") is not None:
+        m = re.match(r"^(.+?)\s+—\s+(.+)$", " ".join(rn.find("p").get_text("").split()))
+        if m:
+            refname = m.group(1).split(",")[0].strip()
+            ans = _short_answer(m.group(2).rstrip("."))
+            if ans:
+                what = ("the SQL command " if "/sql-" in doc_id else "the program " if "/app-" in doc_id
+                        else "the function " if "/spi-" in doc_id else "")
+                qa.append({"kind": "man_name", "anchor": m.group(1), "answer": ans,
+                           "question": f"What does {what}{refname} do?"})
+    if refname and "/app-" in doc_id:
+        for dt in root.select("dl.variablelist > dt"):
+            codes = dt.find_all("code", class_="option")
+            dd = dt.find_next_sibling("dd")
+            if not codes or dd is None or dd.find("p") is None:
+                continue
+            opts = [c.get_text("").split()[0].split("=")[0] for c in codes if c.get_text("").strip()]
+            opts = [o for o in opts if re.fullmatch(r"--?[A-Za-z0-9?][\w-]*", o)]
+            ans = _short_answer(first_sentence(dd.find("p").get_text("")))
+            if opts and ans and ans[0].isalnum():
+                opt = opts[stable_pick(doc_id + opts[0]) % len(opts)]
+                qa.append({"kind": "man_option", "anchor": max(opts, key=len), "answer": ans,
+                           "question": f"What does the {opt} option of {refname} do?"})
 
     for pre in root.find_all("pre"):
         txt = pre.get_text()
@@ -380,6 +409,10 @@ def pod_doc(path: Path, package: str, licence: str) -> dict | None:
             if not b.strip():
                 continue
         r = reflow(b)
+        lines = [ln for ln in b.split("\n") if ln.strip()]
+        if "\n" in r and len({len(ln) - len(ln.lstrip()) for ln in lines}) == 1 and \
+                all(len(ln) >= 60 for ln in lines[:-1]) and not re.search(r"[{};$@%]\s*$", b):
+            r = " ".join(ln.strip() for ln in lines)  # wrapped prose of an =item body
         blocks.append(r)
         if heading and "\n" not in r and word_count(r) >= 8 and heading not in ("NAME",):
             ans = _short_answer(first_sentence(r))

@@ -72,6 +72,9 @@ def test_verify_qa_keeps_only_verbatim_answers():
          "anchor": "-a, --all"},
     ]
     assert [q["question"] for q in verify_qa(d)] == ["q1"]
+    # the same question with two different answers is ambiguous: dropped
+    d["qa"].append({"kind": "man_option", "question": "q1", "answer": "do not ignore", "anchor": "-a, --all"})
+    assert verify_qa(d) == []
 
 
 def test_chunk_passages_are_verbatim_bounded_and_complete():

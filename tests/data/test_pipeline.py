@@ -138,6 +138,7 @@ def test_pretrain_stream(built):
 
 def test_episode_answers_are_verbatim_in_gold_only(built):
     root, _ = built
+    tok = tokenizer.load(root / "tokenizer" / "tokenizer.json")
     for sp in ("train", "eval"):
         eps = list(ep.load_episodes(sp, root))
         assert eps, sp
@@ -150,6 +151,7 @@ def test_episode_answers_are_verbatim_in_gold_only(built):
                 if j != e["gold"]:
                     assert e["answer"] not in p["text"]
             assert 2 <= len(e["passages"]) <= 7
+            assert len(tok.encode(e["answer"]).ids) <= ep.MAX_ANSWER_TOKENS
 
 
 def test_eval_never_in_train(built):
