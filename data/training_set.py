@@ -1,7 +1,6 @@
 """Turn the corpus builder's outputs into the trainer's token rows.
 
-    python -m data.training_set --episodes data/build/episodes --pretrain data/build/pretrain \
-        --out data/build/train --row-length 1024 --workers 16
+    python -m data.training_set --build-dir data/build --out data/build/train --row-length 2048 --workers 16
 
 Reading-comprehension episodes are laid out with `app.layout.encode_turn`, the
 exact code the app uses at answer time, with a layout drawn at random per
@@ -14,7 +13,6 @@ rows with the loss on every token.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import random
@@ -37,14 +35,14 @@ def _init(tokenizer_file: str) -> None:
     _TOKENIZER = Tokenizer.from_file(tokenizer_file)
 
 
-def lay_out(args: tuple[dict, int, int]) -> tuple[list[int], list[bool]]:
+def lay_out(args: tuple[dict, int, int, int]) -> tuple[list[int], list[bool]]:
     """One episode -> (ids, target mask), with a seeded choice of layout and distractors."""
-    episode, seed, max_chunk = args
+    episode, seed, max_chunk, max_distractors = args
     rng = random.Random(seed)
     passages = [dict(text=p["text"], title=p.get("title")) for p in episode["passages"]]
     gold = passages[episode["gold"]]
     others = [p for i, p in enumerate(passages) if i != episode["gold"]]
-    keep = rng.randint(min(1, len(others)), len(others)) if others else 0
+    keep = rng.randint(min(1, len(others)), min(len(others), max_distractors)) if others else 0
     chosen = rng.sample(others, keep) + [gold]
     rng.shuffle(chosen)  # retrieval order is unknown to the model: gold anywhere
     turn = encode_turn(_TOKENIZER, episode["question"], [PassageText(p["text"], p["title"]) for p in chosen],
@@ -73,31 +71,32 @@ def pack(examples, row_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray
     return np.array(rows, dtype=np.uint16), np.array(masks, dtype=bool)
 
 
-def read_episodes(path: Path, limit: int | None) -> list[dict]:
+def read_episodes(build_dir: Path, split: str, limit: int | None) -> list[dict]:
+    from data.corpus.episodes import load_episodes
+
     out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            out.append(json.loads(line))
-            if limit and len(out) >= limit:
-                break
+    for episode in load_episodes(split, build_dir):
+        out.append(episode)
+        if limit and len(out) >= limit:
+            break
     return out
 
 
-def build(episodes_dir: Path, pretrain_dir: Path, out: Path, tokenizer_file: Path, row_length: int,
-          workers: int, max_chunk: int, limit: int | None, seed: int) -> dict:
+def build(build_dir: Path, out: Path, tokenizer_file: Path, row_length: int, workers: int, max_chunk: int,
+          max_distractors: int, limit: int | None, seed: int) -> dict:
     from tokenizers import Tokenizer
 
     pad_id = Tokenizer.from_file(str(tokenizer_file)).token_to_id("<|pad|>")
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for split in ("train", "eval"):
-        episodes = read_episodes(episodes_dir / f"{split}.jsonl.gz", limit if split == "train" else None)
-        jobs = [(e, seed * 1_000_003 + i, max_chunk) for i, e in enumerate(episodes)]
+        episodes = read_episodes(build_dir, split, limit if split == "train" else None)
+        jobs = [(e, seed * 1_000_003 + i, max_chunk, max_distractors) for i, e in enumerate(episodes)]
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(tokenizer_file),)) as pool:
             laid = list(tqdm(pool.map(lay_out, jobs, chunksize=256), total=len(jobs), desc=f"layout {split}"))
         tokens, mask = pack(laid, row_length, pad_id)
         np.savez(out / f"qa_{split}.npz", tokens=tokens, loss_mask=mask)
-        with np.load(pretrain_dir / f"{split}.npz") as data:
+        with np.load(build_dir / "pretrain" / f"{split}.npz") as data:
             stream = data["tokens"]
         n = len(stream) // (row_length + 1)
         np.savez(out / f"text_{split}.npz", tokens=stream[: n * (row_length + 1)].reshape(n, row_length + 1))
@@ -110,18 +109,18 @@ def build(episodes_dir: Path, pretrain_dir: Path, out: Path, tokenizer_file: Pat
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=Path, default=Path("data/build/episodes"))
-    p.add_argument("--pretrain", type=Path, default=Path("data/build/pretrain"))
+    p.add_argument("--build-dir", type=Path, default=Path("data/build"), help="the corpus builder's output")
     p.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer/tokenizer.json"))
     p.add_argument("--out", type=Path, default=Path("data/build/train"))
     p.add_argument("--row-length", type=int, default=1024)
     p.add_argument("--max-chunk", type=int, default=256)
+    p.add_argument("--max-distractors", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="at most this many training episodes")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO)
-    build(a.episodes, a.pretrain, a.out, a.tokenizer, a.row_length, a.workers, a.max_chunk, a.limit, a.seed)
+    build(a.build_dir, a.out, a.tokenizer, a.row_length, a.workers, a.max_chunk, a.max_distractors, a.limit, a.seed)
 
 
 if __name__ == "__main__":

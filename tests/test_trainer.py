@@ -66,3 +66,22 @@ def test_schedule_and_config_errors(tmp_path):
         TrainConfig.from_json(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         Trainer(config(tmp_path, train_sources=[(str(tmp_path / "missing.npz"), 1.0)]), device="cpu")
+
+
+def test_loss_weighs_rows_equally():
+    from retnet import RetNetConfig
+    from retnet.train.trainer import LMLoss
+
+    torch.manual_seed(0)
+    model = RetNetForCausalLM(RetNetConfig.from_preset("tiny", vocab_size=64))
+    tokens = torch.randint(0, 64, (3, 12))
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, 1:] = True  # 11 targets
+    mask[1, 5:7] = True  # 2 targets
+    loss = LMLoss(model, chunk_size=4)(tokens, mask)  # row 2 has none: left out of the mean
+    per_row = []
+    for i in range(2):
+        logits = model(tokens[i:i + 1, :-1], mode="parallel").logits[0]
+        ce = torch.nn.functional.cross_entropy(logits, tokens[i, 1:], reduction="none")
+        per_row.append(ce[mask[i, 1:]].mean())
+    torch.testing.assert_close(loss, torch.stack(per_row).mean())

@@ -84,7 +84,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class LMLoss(nn.Module):
-    """Next-token cross-entropy over the positions whose target is marked in loss_mask."""
+    """Next-token cross-entropy over the positions whose target is marked in loss_mask.
+
+    Averaged per row first, then over rows: a QA row with 30 answer tokens weighs as much as a
+    text row with 2000 targets, so the mixing weights of the data sources mean what they say.
+    """
 
     def __init__(self, model: RetNetForCausalLM, chunk_size: int):
         super().__init__()
@@ -92,10 +96,11 @@ class LMLoss(nn.Module):
 
     def forward(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model(tokens[:, :-1], mode="chunkwise", chunk_size=self.chunk_size).logits
-        targets = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                ignore_index=-100, reduction="sum")
-        return total / loss_mask[:, 1:].sum().clamp_min(1)  # a batch with no targets gives 0, not NaN
+        mask = loss_mask[:, 1:]
+        per_token = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
+        per_row = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+        rows_with_targets = (mask.sum(dim=1) > 0).sum().clamp_min(1)
+        return per_row.sum() / rows_with_targets  # a batch with no targets gives 0, not NaN
 
 
 class Trainer:
