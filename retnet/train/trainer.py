@@ -150,7 +150,7 @@ class Trainer:
         row_length = self.batches.sources[0][0].tokens.shape[1]
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.world * (row_length - 1)
         last = {}
-        start = time.perf_counter()
+        start, start_step = time.perf_counter(), self.step
         while self.step < stop:
             lr = lr_at(self.step, cfg)
             for group in self.opt.param_groups:
@@ -169,8 +169,8 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 elapsed = time.perf_counter() - start
                 last = {"step": self.step, "loss": round(total, 4), "lr": lr, "grad_norm": round(float(norm), 3),
-                        "tokens_per_s": round(tokens_per_step * cfg.log_every / max(elapsed, 1e-9))}
-                start = time.perf_counter()
+                        "tokens_per_s": round(tokens_per_step * (self.step - start_step) / max(elapsed, 1e-9))}
+                start, start_step = time.perf_counter(), self.step
                 self.log(last)
             if self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 self.log({"step": self.step, "eval_loss": round(self.evaluate(), 4)})
