@@ -10,7 +10,7 @@ python3 -m data.training_set --build-dir data/build --out /tmp/train --row-lengt
     --max-distractors 7 2>&1 | grep -v '^layout' || true
 cat /tmp/train/summary.json
 # Probe throughput for 60 steps (the last 10 after warm-up), then size max_steps to the time budget.
-python3 -m retnet.train --config data/train_default.json --max-steps 60 --out-dir /tmp/probe | tail -1 > /tmp/probe.json
+python3 -m retnet.train --config data/train_default.json --max-steps 60 --out-dir /tmp/probe | grep tokens_per_s | tail -1 > /tmp/probe.json
 STEPS=$(python3 -c "
 import json; r = json.load(open('/tmp/probe.json')); tps = r['tokens_per_s']
 print(int($MINUTES * 60 * tps / (16 * 2047)))")
