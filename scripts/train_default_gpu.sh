@@ -23,4 +23,5 @@ cfg["warmup_steps"] = min(cfg["warmup_steps"], cfg["max_steps"] // 10)
 json.dump(cfg, open("/tmp/train_config.json", "w"), indent=1)
 PY
 setsid nohup python3 -m retnet.train --config /tmp/train_config.json > "$LOG" 2>&1 < /dev/null &
+echo $! > /tmp/train.pid
 echo "training started, log at $LOG"
