@@ -25,6 +25,7 @@ from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DE
 from .encoder import Reader, load_model
 from .errors import CollectionNotFoundError
 from .layout import DEFAULT_LAYOUT
+from .rerank import DEFAULT_CANDIDATES, lexical_rerank
 from .session import Session
 from .types import Answer, Source
 
@@ -36,7 +37,8 @@ class MultiDocQA:
     ``model`` is a model directory (default: the bundled model, see app.defaults), a
     ``RetNetForCausalLM`` (then ``tokenizer`` is required), or a ready ``Reader``.
     ``embedder`` is used when the collection is created (default: MiniLM); an existing
-    collection reopens with the embedder it was built with.
+    collection reopens with the embedder it was built with. ``rerank``: fetch more candidates
+    and re-rank them by the question's exact terms too (app.rerank; on by default).
     """
 
     def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
@@ -46,8 +48,9 @@ class MultiDocQA:
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
                  cache_snapshots: str = "start",
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int | None = None, stop: Iterable[str] = (), device=None):
+                 seed: int | None = None, stop: Iterable[str] = (), rerank: bool = True, device=None):
         self.k = k
+        self.rerank = rerank
         options = dict(layout=layout, instructions=instructions, max_chunk=max_chunk,
                        max_question_tokens=max_question_tokens, max_new_tokens=max_new_tokens, cache=cache,
                        cache_snapshots=cache_snapshots,
@@ -112,7 +115,10 @@ class MultiDocQA:
     def _retrieve(self, question: str, k: int, documents: Any) -> list:
         if self.collection is None or k <= 0:
             return []
-        return self.collection.search(question, k, documents=documents)
+        if not self.rerank:
+            return self.collection.search(question, k, documents=documents)
+        hits = self.collection.search(question, max(DEFAULT_CANDIDATES, 4 * k), documents=documents)
+        return lexical_rerank(question, hits)[:k]
 
     # -- asking --------------------------------------------------------------------------------
     def session(self, **options) -> Session:

@@ -181,19 +181,15 @@ class Session:
 
     def load(self, path: str | Path) -> Session:
         """Replace this session's state and transcript with a saved one. On any error (missing,
-        truncated, corrupted, another model's file) this session is left exactly as it was."""
+        truncated, corrupted, another model's file) this session is left exactly as it was.
+        Settings (k, layout, documents) stay those this session was opened with."""
         state, data = read_session_file(path, self.reader.model)
         with self._lock:
             self._settle()
             self.state = state.to(self.reader.device)
             self.key = bytes.fromhex(data["key"])
             self.turns = [Answer.from_dict(t) for t in data.get("turns", [])]
-            self.k = data.get("k", self.k)
-            self.layout = data.get("layout", self.layout)
-            self.instructions = data.get("instructions", self.instructions)
             self.name = data.get("name", self.name)
-            if data.get("documents") is not None:
-                self.documents = data["documents"]
         return self
 
 

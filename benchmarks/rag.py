@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -127,8 +128,9 @@ def run(args) -> dict:
     return {"note": note, "threads": threads, "cycle": len(questions), "embedder": args.embedder,
             "layout": args.layout, "k": args.k,
             "max_new_tokens": args.max_new_tokens, "turns": args.turns, "seconds": time.perf_counter() - started,
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-                       f"torch {torch.__version__}", "rows": rows}
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                       f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, load average "
+                       f"{os.getloadavg()[0]:.1f} at the end (other processes share the machine)", "rows": rows}
 
 
 def summarize(res: dict) -> str:
@@ -200,7 +202,8 @@ def plot(res: dict, path: Path) -> None:
     axes[1].set_ylim(bottom=0)
     ax = axes[2]
     ax.plot(t, [r["rss_bytes"] / 2**20 for r in rows], color="tab:red", label="process RSS (MiB)")
-    ax.plot(t, [r["state_bytes"] / 2**20 for r in rows], color="tab:purple", label="recurrent state (MiB)")
+    ax.plot(t, [r["state_bytes"] / 2**20 for r in rows], color="tab:purple",
+            label=f"recurrent state ({rows[0]['state_bytes'] / 2**20:.2f} MiB, constant)")
     ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
