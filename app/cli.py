@@ -377,6 +377,8 @@ def _is_user_error(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The embedder's weight-loading progress bar is noise in a command's output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

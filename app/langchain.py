@@ -53,6 +53,7 @@ from . import layout as L
 from .decoder import AnswerStream
 from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K
 from .encoder import Reader
+from .rerank import DEFAULT_CANDIDATES, lexical_rerank
 
 __all__ = ["ChatRetNet", "CollectionRetriever", "RetNetLLM", "format_passages", "rag_prompt", "get_reader"]
 
@@ -270,16 +271,22 @@ def _usage(stream: AnswerStream) -> dict:
 
 
 class CollectionRetriever(BaseRetriever):
-    """A retrieval.Collection as a LangChain retriever. Documents carry title, source, page, score."""
+    """A retrieval.Collection as a LangChain retriever, ranked like the app ranks (dense search, then
+    lexical re-ranking unless ``rerank=False``). Documents carry title, source, page and score."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     collection: Any
     k: int = DEFAULT_K
     documents: list[str] | None = None  # restrict to these document ids
+    rerank: bool = True
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.collection.search(query, self.k, documents=self.documents)
+        if self.rerank:
+            candidates = self.collection.search(query, max(DEFAULT_CANDIDATES, 4 * self.k), documents=self.documents)
+            hits = lexical_rerank(query, candidates)[: self.k]
+        else:
+            hits = self.collection.search(query, self.k, documents=self.documents)
         return [Document(page_content=h.text, metadata={
             "title": h.title, "source": h.source, "page": h.page, "doc_id": h.doc_id, "score": h.score,
             "start": h.start, "end": h.end, "passage_id": h.passage_id}) for h in hits]
