@@ -8,9 +8,10 @@ An episode is one JSON object per line (``.jsonl`` or ``.jsonl.gz``) with ``ques
 optional and used to break scores down. Each episode is answered from an empty state,
 greedily, exactly as the app would answer it (app.layout + app.encoder + app.decoder).
 
-Passages are put in the order a retriever would give (best first) by ``--rank``:
+Passages are put in the order the app's retriever would give (best first) by ``--rank``:
 ``hash`` (default: fast word-overlap embedder), ``minilm`` (the app's default
-embedder) or ``given`` (the file's order). Scores (SQuAD-style normalisation):
+embedder) or ``given`` (the file's order); the embedders' order is then re-ranked
+lexically as the app does (app.rerank). Scores (SQuAD-style normalisation):
 exact match, answer contained in the output, token F1. The layout with the best F1
 should be ``app.layout.DEFAULT_LAYOUT``.
 """
@@ -70,14 +71,22 @@ def as_passages(raw: list) -> list[PassageText]:
     return [PassageText(p) if isinstance(p, str) else PassageText(p["text"], p.get("title")) for p in raw]
 
 
-def rank(question: str, passages: list[PassageText], embedder) -> list[PassageText]:
-    """Best first, by the embedder's cosine similarity (None: keep the given order)."""
+def rank(question: str, passages: list[PassageText], embedder, rerank: bool = True) -> list[PassageText]:
+    """Best first, as the app ranks: the embedder's cosine similarity, then the lexical re-ranking
+    of app.rerank (None: keep the given order)."""
     if embedder is None or len(passages) < 2:
         return passages
+    from types import SimpleNamespace
+
+    from .rerank import lexical_rerank
+
     vecs = embedder.encode([question] + [p.text for p in passages])
-    scores = vecs[1:] @ vecs[0]
-    order = sorted(range(len(passages)), key=lambda i: -float(scores[i]))
-    return [passages[i] for i in order]
+    hits = sorted((SimpleNamespace(score=float(s), text=p.text, passage=p) for s, p in zip(vecs[1:] @ vecs[0],
+                                                                                           passages, strict=True)),
+                  key=lambda h: -h.score)
+    if rerank:
+        hits = lexical_rerank(question, hits)
+    return [h.passage for h in hits]
 
 
 def evaluate(reader, episodes: list[dict], layouts, embedder=None, max_new_tokens: int = 48,
