@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into a retnet-rag model directory (config.json + model.safetensors).")
     p.add_argument("src", type=Path, help="checkpoint file or directory")
     p.add_argument("dst", type=Path, help="output model directory")
-    p.add_argument("--source", choices=("torchscale", "fla"), required=True, help="where the checkpoint is from")
+    p.add_argument("--source", choices=("auto", "torchscale", "fla"), default="auto",
+                   help="where the checkpoint is from (default: detect)")
+    p.add_argument("--dtype", default=None, help="stored dtype, e.g. float32 or bfloat16 (default: as the source)")
+    p.add_argument("--torchscale-args", type=Path, metavar="JSON",
+                   help="torchscale model arguments (default: torchscale_args.json beside the weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
 
     p = sub.add_parser("collections", help="list collections and their documents",
                        description="List the collections in the data directory and their documents.")
@@ -341,8 +346,15 @@ def cmd_convert(args) -> int:
                        "(retnet.convert.convert_checkpoint is missing)") from None
     if not args.src.exists():
         raise UsageError(f"no such checkpoint: {args.src}")
-    result = convert_checkpoint(args.src, args.dst, source=args.source)
-    print(f"converted {args.source} checkpoint {args.src} -> {args.dst}" + (f" ({result})" if result else ""))
+    options = {"dtype": args.dtype, "overwrite": args.overwrite}
+    if args.torchscale_args is not None:
+        options["torchscale_args"] = args.torchscale_args
+    try:
+        result = convert_checkpoint(args.src, args.dst, source=args.source, **options)
+    except (ValueError, FileExistsError) as e:
+        raise AppError(str(e)) from None
+    details = ", ".join(f"{k}: {v}" for k, v in (result or {}).items())
+    print(f"converted {args.src} -> {args.dst}" + (f" ({details})" if details else ""))
     return 0
 
 

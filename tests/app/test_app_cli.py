@@ -158,6 +158,26 @@ def test_convert_reports_bad_input(capsys, tmp_path):
     assert code in (1, 2) and "retnet-rag: error:" in err and "Traceback" not in err
 
 
+def test_convert_passes_options_through(capsys, tmp_path, monkeypatch):
+    import retnet.convert
+
+    seen = {}
+
+    def fake_convert(src, dst, source="auto", **options):
+        seen.update(src=src, dst=dst, source=source, **options)
+        if options.get("overwrite") is False:
+            raise FileExistsError(f"{dst} exists and is not empty (pass overwrite=True to replace it)")
+        return {"source": "fla", "parameters": 123}
+
+    monkeypatch.setattr(retnet.convert, "convert_checkpoint", fake_convert)
+    (tmp_path / "src").mkdir()
+    code, out, _ = run(capsys, ["convert", tmp_path / "src", tmp_path / "dst", "--dtype", "bfloat16", "--overwrite"])
+    assert code == 0 and "converted" in out and "parameters: 123" in out
+    assert seen["source"] == "auto" and seen["dtype"] == "bfloat16" and seen["overwrite"] is True
+    code, _, err = run(capsys, ["convert", tmp_path / "src", tmp_path / "dst", "--source", "fla"])
+    assert code == 1 and "exists and is not empty" in err
+
+
 def test_console_script_is_installed():
     out = subprocess.run(["retnet-rag", "ask", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--collection" in out.stdout
