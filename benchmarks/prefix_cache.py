@@ -140,7 +140,7 @@ def summarize(res: dict) -> str:
         "",
         f"- {res['note']}",
         f"- {res['threads']} torch thread(s), load average {res['loadavg']:.1f} at the end (the machine is shared); "
-        "one snapshot = the state ({res['state_bytes']:,} bytes) + the "
+        f"one snapshot = the state ({res['state_bytes']:,} bytes) + the "
         "boundary's logits; LRU within a byte budget.",
         "- Encode = reading the turn's prompt (instructions, passages, question) into an empty state with the "
         "chunkwise form, one chunk per passage. Cache on: the first turn fills the cache (its time is in "
