@@ -13,7 +13,7 @@ cat /tmp/train/summary.json
 python3 -m retnet.train --config data/train_default.json --max-steps 60 --out-dir /tmp/probe | grep tokens_per_s | tail -1 > /tmp/probe.json
 STEPS=$(python3 -c "
 import json; r = json.load(open('/tmp/probe.json')); tps = r['tokens_per_s']
-cfg = json.load(open("data/train_default.json")); print(int($MINUTES * 60 * tps / (cfg["batch_size"] * 2047)))")
+cfg = json.load(open('data/train_default.json')); print(int($MINUTES * 60 * tps / (cfg['batch_size'] * 2047)))")
 echo "probe: $(cat /tmp/probe.json) -> max_steps=$STEPS"
 python3 - "$STEPS" <<'PY'
 import json, sys
