@@ -143,25 +143,49 @@ def test_output_independent_of_chunk_layout():
     assert rel(ones, want) < 1e-12
 
 
-@pytest.mark.parametrize("cfg", [dict(BT=32, BV=16, num_warps=4, num_stages=1),
-                                 dict(BT=64, BV=64, num_warps=4, num_stages=1)])
-def test_other_tile_shapes(cfg, monkeypatch):
-    """The GPU uses 64-token tiles; check other tilings compute the same thing."""
-    B, T, H, K, V = 1, 100, 2, 16, 40
-    monkeypatch.setitem(triton_chunk.CONFIG_OVERRIDE, (K, V, torch.float64), cfg)
-    monkeypatch.setitem(triton_chunk.CONFIG_OVERRIDE, (V, K, torch.float64), cfg)  # dq, dk runs
+@pytest.mark.parametrize("K,V,max_slice,cfg,cfg_t", [
+    # (K, V) settings for the forward and dv runs, (V, K) ones for the dq and dk runs.
+    (16, 40, 256, dict(BT=32, BV=16, num_warps=4, num_stages=2, inline=False),
+     dict(BT=32, BV=8, num_warps=4, num_stages=2, inline=True)),
+    # Keys wider than one slice: two scans, the second adding to the first's float32 output.
+    (20, 24, 16, dict(BT=64, BV=64, num_warps=4, num_stages=2),
+     dict(BT=16, BV=16, num_warps=4, num_stages=2, inline=False)),
+])
+def test_other_tile_shapes(K, V, max_slice, cfg, cfg_t, monkeypatch):
+    """The GPU uses 64-token tiles, precomputed scores and two K slices above 256; check that
+    other tilings and both ways of getting the scores compute the same function."""
+    B, T, H = 1, 100, 2
+    monkeypatch.setattr(triton_chunk, "MAX_SLICE", max_slice)
+    for k_, v_, c in ((K, V, cfg), (V, K, cfg_t)):
+        for width in {min(k_, max_slice), k_ - max_slice}:
+            if width > 0:
+                monkeypatch.setitem(triton_chunk.CONFIG_OVERRIDE, (width, v_, torch.float64), c)
     q, k, v, s0 = inputs(B, T, H, K, V, torch.float64, grad=True)
     ld = log_decay(H, fast=True)
-    lengths = [7, 60, 33]
-    o, st, bst = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="triton",
-                                     return_boundary_states=True)
-    ro, rst, rbst = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="reference",
-                                        return_boundary_states=True)
-    assert rel(o, ro) < 1e-12 and rel(st, rst) < 1e-12 and rel(bst, rbst) < 1e-12
-    g1 = torch.autograd.grad(o.sum() + st.sum(), (q, k, v, s0))
-    g2 = torch.autograd.grad(ro.sum() + rst.sum(), (q, k, v, s0))
-    for a, b in zip(g1, g2, strict=True):
-        assert rel(a, b) < 1e-12
+    for lengths, states in (([T], False), ([7, 60, 33], True)):
+        got = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="triton", return_boundary_states=states)
+        want = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="reference",
+                                   return_boundary_states=states)
+        for a, b in zip(got, want, strict=True):
+            assert rel(a, b) < 1e-12
+        g1 = torch.autograd.grad(got[0].sum() + got[1].sum(), (q, k, v, s0))
+        g2 = torch.autograd.grad(want[0].sum() + want[1].sum(), (q, k, v, s0))
+        for a, b in zip(g1, g2, strict=True):
+            assert rel(a, b) < 1e-12
+
+
+def test_passage_aligned_tiles():
+    """Boundary states come from passage-aligned tiles: every chunk is cut into ceil(n / BT) tiles."""
+    starts, bnd = triton_chunk._tile_table((5, 40, 16, 1), 16, "cpu")
+    assert starts.tolist() == [0, 5, 21, 37, 45, 61, 62]
+    assert bnd.tolist() == [0, -1, -1, 1, 2, 3]
+
+
+def test_too_wide_keys_are_refused(monkeypatch):
+    monkeypatch.setattr(triton_chunk, "MAX_SLICE", 16)
+    q, k, v, _ = inputs(1, 5, 1, 40, 8, torch.float64)
+    with pytest.raises(ValueError, match="K up to"):
+        triton_chunk.retention_fwd(q, k, v, log_decay(1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -143,11 +143,8 @@ def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, ba
     lengths = check_chunk_lengths(chunk_lengths, q.shape[1])
     if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
         from .triton_chunk import chunk_retention_triton
-        bounds = None
-        if return_boundary_states:
-            ends = torch.tensor(lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
-            bounds = ends.to(q.device, non_blocking=True)
-        o, st, bst = chunk_retention_triton(q, k, v, log_decay, state, output_final_state, bounds)
+        o, st, bst = chunk_retention_triton(q, k, v, log_decay, state, output_final_state,
+                                            lengths if return_boundary_states else None)
         return (o, st, bst) if return_boundary_states else (o, st)
     if not return_boundary_states:
         o, st = retention_chunkwise(q, k, v, log_decay, lengths, state=state, mask=mask)

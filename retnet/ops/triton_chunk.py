@@ -1,4 +1,4 @@
-"""Triton chunkwise retention: one fused kernel, used once forward and three times backward.
+"""Triton chunkwise retention: one fused scan kernel (plus a scores kernel), forward and backward.
 
 Shapes follow `reference.py`: q, k [B, T, H, K], v [B, T, H, V], log_decay [H]
 (g = log gamma), state [B, H, K, V] in float32. Per batch row and head:
@@ -7,20 +7,28 @@ Shapes follow `reference.py`: q, k [B, T, H, K], v [B, T, H, V], log_decay [H]
 
 Tiling
 ------
-The kernel walks the sequence in tiles of BT tokens (64 on the GPU). One program
-owns one (batch, head) pair and one BV-wide slice of the value dimension, keeps
-its [K, BV] slice of the state in registers in float32, and for each tile does
+The scan kernel walks the sequence in tiles of BT tokens (64 on the GPU). One
+program owns one (batch, head) pair and one BV-wide slice of the value dimension,
+keeps its [K, BV] slice of the state in registers in float32, and for each tile does
 
-    r        = position inside the tile (0 .. n-1)
-    A        = (q k^T) * gamma^(r_i - r_j)  for r_j <= r_i, else 0     [BT, BT]
-    o        = A v  +  (q S) * gamma^(r + 1)                            intra + cross
-    S        = gamma^n S  +  k^T (v * gamma^(n - 1 - r))                state to the tile end
+    r  = position inside the tile (0 .. n-1)
+    P  = (q k^T) * gamma^(r_i - r_j)  for r_j <= r_i, else 0     [BT, BT] "scores"
+    o  = (q S) * gamma^(r + 1)  +  P v                            cross + intra
+    S  = gamma^n S  +  k^T (v * gamma^(n - 1 - r))                state to the tile end
 
 so q, k, v are read once and o written once: nothing of size T x K x V ever
 reaches memory (fla's chunk kernels store the state of every tile instead).
 Dots run on the tensor cores in the input dtype with float32 accumulation; the
 state is rounded to the input dtype only as a dot operand, never in storage.
 All decays are exp(g * d) with 0 <= d <= BT, so nothing over- or underflows.
+
+P does not depend on the state, so it can come from a separate, fully parallel
+kernel (`_scores_kernel`, one program per tile) instead of being recomputed by
+each of the V / BV programs of a head; which is faster depends on K (see
+`_config`). Keys wider than 256 are cut into two slices of at most 256 columns,
+each run as its own scan (o is linear in the slices: q S = q0 S0 + q1 S1); the
+first writes a float32 partial output that the second adds to. That keeps every
+dot operand at most 256 wide, which Triton 3.6 compiles reliably.
 
 Backward as three more retentions
 ---------------------------------
@@ -32,28 +40,28 @@ recurrence gives (sums over s, t in 0..T-1):
     dk_s = sum_{t>=s} gamma^(t-s) (v_s . dO_t) q_t + gamma^(T-1-s) v_s dS_T^T
 
 Each line is itself a retention: dq = retention(q=dO, k=v, v=k, state=S_{-1}^T),
-and dv, dk are retentions run backwards in time (REVERSE=True: tiles from last
-to first, positions counted from the tile end) with (q=k, k=q, v=dO) and
-(q=v, k=dO, v=q), started from dS_T / gamma (the reversed recurrence decays
-its initial state once more than the formula wants). The reversed run for dv
-ends in dS_0, and the initial state's gradient is gamma * dS_0. So the same
-kernel, compiled for a few flag combinations, is the whole operator; the
-backward recomputes everything from q, k, v and saves no per-tile state.
+and dv, dk are retentions run backwards in time (REVERSE: tiles from last to
+first, positions counted from the tile end) with (q=k, k=q, v=dO) and
+(q=v, k=dO, v=q), started from dS_T / gamma (the reversed recurrence decays its
+initial state once more than the formula wants). The reversed run for dv ends
+in dS_0, and the initial state's gradient is gamma * dS_0. Their scores are
+transposes of forward ones: dv uses P(q, k)^T, dq uses P(dO, v) and dk its
+transpose, so the backward computes one scores tensor and reuses the forward's.
+Nothing of size T x K x V is saved or recomputed.
 
 Variable chunks (passage boundaries)
 ------------------------------------
 Retention is one recurrence however the sequence is cut, so o does not depend
 on `chunk_lengths`; what passage-aligned chunks need is the state at each
-passage end (the application snapshots it there). Decision: the kernel always
-computes with its own fixed tile BT, and `chunk_lengths` only says where to
-*materialise* states. A boundary p inside a tile costs one extra masked
-state-update dot (S_p = gamma^m S + k^T (v * w), w zero for tokens at or after p,
-m = p - tile start); a boundary on a tile end is a plain store of the updated
-state. The cost is therefore proportional to the number of boundaries asked
-for, never to their alignment, and chunk shapes never change the tiling,
-the outputs or the gradients. Boundary states are returned without gradient;
-training uses fixed chunks and needs only o (and, for truncated BPTT, the
-final state, which is differentiable).
+passage end (the application snapshots it there). Decision: without boundary
+states the kernels ignore `chunk_lengths` and use uniform BT tiles. With
+boundary states the scan uses *passage-aligned tiles*: each chunk is cut into
+ceil(length / BT) tiles, so every passage end is a tile end and its state is a
+plain store of the register state (no extra arithmetic, no data-dependent
+control flow). A chunk of length L then costs ceil(L / BT) tiles instead of
+L / BT; for passages of 50-600 tokens that is about 10% more tiles. Boundary
+states are returned without gradient; training uses fixed chunks and needs only
+o (and, for truncated BPTT, the final state, which is differentiable).
 """
 
 from __future__ import annotations
@@ -64,9 +72,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Kernel launch settings per (K, V) shape, chosen on an H100 (see benchmarks/results/KERNELS.md).
-# Tests and experiments can override them with `CONFIG_OVERRIDE`.
+# Launch settings per (K slice, V) shape and dtype, chosen on an H100 (benchmarks/results/KERNELS.md);
+# tests and experiments can override them with `CONFIG_OVERRIDE[(K, V, dtype)] = dict(...)`.
 CONFIG_OVERRIDE: dict = {}
+# The compiled kernel of the latest scan launch (registers, spills, shared memory), for benchmarks.
+LAST_LAUNCH: dict = {}
+MAX_SLICE = 256  # widest K handled by one scan; wider keys take two
 
 
 def _interpreting() -> bool:
@@ -74,15 +85,74 @@ def _interpreting() -> bool:
 
 
 @triton.jit
+def _load_tile(base, rows, cols, row_stride, mask_rows, mask_cols, dtype):
+    """A [len(rows), len(cols)] tile of a row-major array, zero outside the masks."""
+    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+    return tl.load(ptrs, mask=mask_rows[:, None] & mask_cols[None, :], other=0.0).to(dtype)
+
+
+@triton.jit
+def _tile_bounds(tstart_ptr, i, T, BT: tl.constexpr, VAR_TILES: tl.constexpr):
+    """First token and length of tile i: uniform BT tiles, or a table of passage-aligned ones."""
+    if VAR_TILES:
+        t0 = tl.load(tstart_ptr + i)
+        n = tl.load(tstart_ptr + i + 1) - t0
+    else:
+        t0 = i * BT
+        n = tl.minimum(T - t0, BT)
+    return t0, n
+
+
+@triton.jit
+def _scores_kernel(
+    q_ptr, k_ptr, p_ptr, g_ptr, tstart_ptr,
+    T, NT, H, DKF,
+    DK: tl.constexpr, BT: tl.constexpr, BKC: tl.constexpr,
+    VAR_TILES: tl.constexpr, REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """P[b, h, tile] = (q k^T) * gamma^(i - j) for j <= i, else 0, over the tile's BT x BT block
+    (gamma^(j - i) for j >= i with REVERSE)."""
+    i = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    acc_dtype = tl.float64 if q_ptr.dtype.element_ty == tl.float64 else tl.float32
+    mm_dtype = tl.float32 if DOT_F32 else q_ptr.dtype.element_ty
+    g = tl.load(g_ptr + h).to(acc_dtype)
+    t0, n = _tile_bounds(tstart_ptr, i, T, BT, VAR_TILES)
+    offs_t = tl.arange(0, BT)
+    rows = t0 + offs_t
+    mask_t = offs_t < n
+    row0 = b.to(tl.int64) * T * H + h
+    A = tl.full([BT, BT], 0.0, dtype=acc_dtype)
+    for c0 in range(0, DK, BKC):  # K in BKC-wide steps (the loop Triton pipelines)
+        cols = c0 + tl.arange(0, BKC)
+        mask_c = cols < DK
+        q = _load_tile(q_ptr + row0 * DKF, rows, cols, H * DKF, mask_t, mask_c, mm_dtype)
+        k = _load_tile(k_ptr + row0 * DKF, rows, cols, H * DKF, mask_t, mask_c, mm_dtype)
+        A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION, out_dtype=acc_dtype)
+    if REVERSE:
+        d = offs_t[None, :] - offs_t[:, None]
+    else:
+        d = offs_t[:, None] - offs_t[None, :]
+    A = tl.where(d >= 0, A * tl.exp(g * tl.where(d >= 0, d, 0).to(acc_dtype)), 0.0)
+    p_base = p_ptr + (pid_bh.to(tl.int64) * NT + i) * BT * BT
+    tl.store(p_base + offs_t[:, None] * BT + offs_t[None, :], A.to(p_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _chunk_retention_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, g_ptr,
-    s0_ptr, s0_stride_k, s0_stride_v,  # initial state, (batch, head) blocks of DK*DV, inner strides given
-    st_ptr,  # final state [B, H, DK, DV]
-    bpos_ptr, btile_ptr, bst_ptr,  # boundary positions, first boundary index per tile, boundary states
-    T, H, BH,
+    q_ptr, k_ptr, v_ptr, o_ptr, oacc_ptr, p_ptr, g_ptr,
+    s0_ptr, s0_sb, s0_sh, s0_sk, s0_sv,  # initial state, any strides (a transpose works without a copy)
+    st_ptr, st_sb, st_sh,  # final state, rows of DV floats
+    bst_ptr, bst_sn, bst_sb, bst_sh,  # boundary states [N, B, H, DK, DV] (rows of DV floats)
+    tstart_ptr, tbnd_ptr,  # tile table (first token of each tile, T last), boundary index per tile or -1
+    T, NT, H, DKF,  # DKF: row length of q and k (K of the full tensors; DK may be a slice of it)
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_BND: tl.constexpr, REVERSE: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    SCORES: tl.constexpr,  # 0: compute q k^T here, 1: load P, 2: load P transposed, 3: no intra-tile term
+    ADD_O: tl.constexpr,  # add a float32 partial output (the other K slice) before storing
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_BND: tl.constexpr,
+    VAR_TILES: tl.constexpr, REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -97,152 +167,220 @@ def _chunk_retention_kernel(
     offs_v = pid_v * BV + tl.arange(0, BV)
     mask_k = offs_k < DK
     mask_v = offs_v < DV
+    smask = mask_k[:, None] & mask_v[None, :]
+    s_off = offs_k[:, None] * DV + offs_v[None, :]  # inside one [DK, DV] block of st / bst
 
-    # q[b, t, h, :] lives at ((b * T + t) * H + h) * DK; 64-bit because B*T*H*DK can pass 2**31.
-    row0 = (b.to(tl.int64) * T * H + h)
-    q_base = q_ptr + row0 * DK
-    k_base = k_ptr + row0 * DK
+    # Token (b, t, h) of q is row (b * T + t) * H + h of DKF elements; 64-bit since B*T*H*K can pass 2**31.
+    row0 = b.to(tl.int64) * T * H + h
+    q_base = q_ptr + row0 * DKF
+    k_base = k_ptr + row0 * DKF
     v_base = v_ptr + row0 * DV
     o_base = o_ptr + row0 * DV
-    state_off = pid_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
-    state_mask = mask_k[:, None] & mask_v[None, :]
-    bnd_stride = BH.to(tl.int64) * DK * DV  # between boundary states
+    oacc_base = oacc_ptr + row0 * DV
+    p_bh = p_ptr + pid_bh.to(tl.int64) * NT * BT * BT
 
     if HAS_INIT:
-        s0_off = pid_bh.to(tl.int64) * DK * DV + offs_k[:, None] * s0_stride_k + offs_v[None, :] * s0_stride_v
-        S = tl.load(s0_ptr + s0_off, mask=state_mask, other=0.0).to(acc_dtype)
+        s0 = s0_ptr + b.to(tl.int64) * s0_sb + h * s0_sh
+        S = tl.load(s0 + offs_k[:, None] * s0_sk + offs_v[None, :] * s0_sv, mask=smask, other=0.0).to(acc_dtype)
     else:
         S = tl.full([BK, BV], 0.0, dtype=acc_dtype)
+    if SCORES == 0:
+        # Intra-tile decay, the same for every tile: gamma^(i-j) for j <= i (gamma^(j-i) for j >= i when
+        # running backwards in time), else 0. Rows and columns past the tile hold zero q and k.
+        if REVERSE:
+            d = offs_t[None, :] - offs_t[:, None]
+        else:
+            d = offs_t[:, None] - offs_t[None, :]
+        Dm = tl.where(d >= 0, tl.exp(g * tl.where(d >= 0, d, 0).to(acc_dtype)), 0.0)
 
-    NT = (T + BT - 1) // BT  # (tl.cdiv is avoided: see _add in triton_decode.py)
     for i in range(0, NT):
         if REVERSE:
-            t0 = (NT - 1 - i) * BT
+            ti = NT - 1 - i
         else:
-            t0 = i * BT
-        n = tl.minimum(T - t0, BT)  # tokens in this tile
+            ti = i
+        t0, n = _tile_bounds(tstart_ptr, ti, T, BT, VAR_TILES)
         rows = t0 + offs_t
-        mask_t = rows < T
+        mask_t = offs_t < n
         # Position inside the tile in the direction of the recurrence (0 = first token processed).
         if REVERSE:
-            r = tl.where(mask_t, n - 1 - offs_t, 0)
+            r = tl.where(mask_t, n - 1 - offs_t, 0).to(acc_dtype)
         else:
-            r = offs_t
-        rf = r.to(acc_dtype)
+            r = offs_t.to(acc_dtype)
 
-        qk_off = rows[:, None] * (H * DK) + offs_k[None, :]
-        qk_mask = mask_t[:, None] & mask_k[None, :]
-        q = tl.load(q_base + qk_off, mask=qk_mask, other=0.0).to(mm_dtype)
-        k = tl.load(k_base + qk_off, mask=qk_mask, other=0.0).to(mm_dtype)
-        v_off = rows[:, None] * (H * DV) + offs_v[None, :]
-        v_mask = mask_t[:, None] & mask_v[None, :]
-        v = tl.load(v_base + v_off, mask=v_mask, other=0.0).to(mm_dtype)
+        q = _load_tile(q_base, rows, offs_k, H * DKF, mask_t, mask_k, mm_dtype)
+        k = _load_tile(k_base, rows, offs_k, H * DKF, mask_t, mask_k, mm_dtype)
+        v = _load_tile(v_base, rows, offs_v, H * DV, mask_t, mask_v, mm_dtype)
 
-        # Intra-tile part: decayed causal scores (in the recurrence's direction) times v.
-        A = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=acc_dtype)
-        d = rf[:, None] - rf[None, :]
-        causal = d >= 0
-        A = tl.where(causal, A * tl.exp(g * tl.where(causal, d, 0.0)), 0.0)
-        o = tl.dot(A.to(mm_dtype), v, input_precision=PRECISION, out_dtype=acc_dtype)
-        # Cross part: what the state at the tile start contributes, decayed to each row.
-        o += tl.dot(q, S.to(mm_dtype), input_precision=PRECISION, out_dtype=acc_dtype) * \
-            tl.exp(g * (rf + 1.0))[:, None]
-        tl.store(o_base + v_off, o.to(o_ptr.dtype.element_ty), mask=v_mask)
-
-        if STORE_BND:
-            # Boundaries p with t0 < p <= t0 + n (state after token p - 1). Ones strictly inside the
-            # tile need a masked update of their own; one on the tile end is the updated state below.
-            lo = tl.load(btile_ptr + i)
-            hi = tl.load(btile_ptr + i + 1)
-            last = tl.load(bpos_ptr + hi - 1, mask=hi > lo, other=-1)
-            ends_here = (last == t0 + n).to(tl.int32)
-            for j in range(lo, hi - ends_here):
-                m = tl.load(bpos_ptr + j) - t0  # tokens of this tile before the boundary
-                w = tl.where(offs_t < m, tl.exp(g * (m - 1 - offs_t).to(acc_dtype)), 0.0)
-                vw = (v.to(acc_dtype) * w[:, None]).to(mm_dtype)
-                Sp = S * tl.exp(g * m.to(acc_dtype)) + \
-                    tl.dot(tl.trans(k), vw, input_precision=PRECISION, out_dtype=acc_dtype)
-                tl.store(bst_ptr + j * bnd_stride + state_off, Sp, mask=state_mask)
+        # o = (q S) * gamma^(r+1)  [the state at the tile start, decayed to each row]
+        #   + P v                  [the tile itself]
+        o = tl.dot(q, S.to(mm_dtype), input_precision=PRECISION, out_dtype=acc_dtype)
+        o = o * tl.exp(g * (r + 1.0))[:, None]
+        if SCORES == 0:
+            P = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=acc_dtype) * Dm
+            o = tl.dot(P.to(mm_dtype), v, o, input_precision=PRECISION, out_dtype=acc_dtype)
+        elif SCORES == 1:
+            P = tl.load(p_bh + ti * BT * BT + offs_t[:, None] * BT + offs_t[None, :]).to(mm_dtype)
+            o = tl.dot(P, v, o, input_precision=PRECISION, out_dtype=acc_dtype)
+        elif SCORES == 2:
+            P = tl.load(p_bh + ti * BT * BT + offs_t[None, :] * BT + offs_t[:, None]).to(mm_dtype)
+            o = tl.dot(P, v, o, input_precision=PRECISION, out_dtype=acc_dtype)
+        o_mask = mask_t[:, None] & mask_v[None, :]
+        o_off = rows[:, None] * (H * DV) + offs_v[None, :]
+        if ADD_O:
+            o += tl.load(oacc_base + o_off, mask=o_mask, other=0.0).to(acc_dtype)
+        tl.store(o_base + o_off, o.to(o_ptr.dtype.element_ty), mask=o_mask)
 
         # State update to the end of the tile: every token decays by gamma once per later token.
-        w = tl.where(mask_t, tl.exp(g * (n - 1 - r).to(acc_dtype)), 0.0)
+        w = tl.where(mask_t, tl.exp(g * (n - 1 - r)), 0.0)
         vw = (v.to(acc_dtype) * w[:, None]).to(mm_dtype)
-        S = S * tl.exp(g * n.to(acc_dtype)) + \
-            tl.dot(tl.trans(k), vw, input_precision=PRECISION, out_dtype=acc_dtype)
+        S = tl.dot(tl.trans(k), vw, S * tl.exp(g * n.to(acc_dtype)), input_precision=PRECISION,
+                   out_dtype=acc_dtype)
 
         if STORE_BND:
-            if ends_here > 0:
-                tl.store(bst_ptr + (hi - 1) * bnd_stride + state_off, S, mask=state_mask)
+            # Passage-aligned tiles: a passage that ends here ends exactly at this tile's end.
+            j = tl.load(tbnd_ptr + ti)
+            dst = bst_ptr + j.to(tl.int64) * bst_sn + b.to(tl.int64) * bst_sb + h * bst_sh + s_off
+            tl.store(dst, S, mask=tl.where(smask, j, -1) >= 0)
 
     if STORE_FINAL:
-        tl.store(st_ptr + state_off, S, mask=state_mask)
+        tl.store(st_ptr + b.to(tl.int64) * st_sb + h * st_sh + s_off, S, mask=smask)
 
 
 def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
-    """Tile sizes: BT tokens per tile, BV state columns per program, warps and pipeline stages."""
-    BK = triton.next_power_of_2(DK)
+    """Launch settings for a scan over a K slice of DK columns: BT tokens per tile, BV state
+    columns per program, warps, pipeline stages, and whether scores are computed in the scan."""
     key = (DK, DV, dtype)
     if key in CONFIG_OVERRIDE:
-        return dict(CONFIG_OVERRIDE[key])
-    if _interpreting():
-        return dict(BT=16, BV=min(32, triton.next_power_of_2(DV)), num_warps=4, num_stages=1)
-    wide = dtype == torch.float32 or dtype == torch.float64
-    BT = 32 if wide and BK > 128 else 64
-    # The register budget: a [BK, BV] float32 state of at most 16K elements per program.
-    BV = max(16, min(triton.next_power_of_2(DV), 16384 // BK))
-    stages = 2 if BK <= 256 and not wide else 1
-    return dict(BT=BT, BV=BV, num_warps=8 if BK * BV >= 8192 else 4, num_stages=stages)
+        cfg = dict(CONFIG_OVERRIDE[key])
+    elif _interpreting():
+        cfg = dict(BT=16, BV=min(32, triton.next_power_of_2(DV)), num_warps=4, num_stages=2)
+    elif DK <= 128:
+        cfg = dict(BT=64, BV=32, num_warps=4, num_stages=3, inline=True)
+    else:
+        wide = dtype in (torch.float32, torch.float64)
+        BK = triton.next_power_of_2(DK)
+        # The register budget: a [BK, BV] float32 state of at most 16K elements (64 a thread at 8 warps).
+        BV = max(16, min(triton.next_power_of_2(DV), 16384 // BK))
+        cfg = dict(BT=32 if wide else 64, BV=BV, num_warps=8 if BK * BV >= 16384 else 4, num_stages=2,
+                   inline=False)
+    cfg.setdefault("inline", True)
+    return cfg
 
 
-def _boundary_tables(bounds: torch.Tensor, T: int, BT: int) -> torch.Tensor:
-    """For each tile i, the index of the first boundary p with p > i * BT (p sorted ascending)."""
-    starts = torch.arange(0, triton.cdiv(T, BT) + 1, device=bounds.device, dtype=torch.int32) * BT
-    return torch.searchsorted(bounds, starts, right=True).to(torch.int32)
+_TILE_CACHE: dict = {}
 
 
-def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=False, boundaries=None):
-    """Run the kernel once. Returns (o, final state or None, boundary states or None).
+def _tile_table(lengths: tuple, BT: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Passage-aligned tiles: every chunk cut into ceil(length / BT) tiles.
 
-    `init` may be any [B, H, K, V] tensor whose last two dims have arbitrary strides (a transpose
-    of a contiguous state works without a copy). `boundaries` is an int32 tensor of sorted
-    positions p in (0, T]; the state after token p-1 is returned for each, stacked on dim 0.
+    Returns (tile starts [NT + 1] with T last, boundary index per tile or -1), int32 on `device`.
+    """
+    key = (lengths, BT, str(device))
+    if key not in _TILE_CACHE:
+        starts, bnd, start = [], [], 0
+        for j, n in enumerate(lengths):
+            end = start + n
+            while start < end:
+                stop = min(start + BT, end)
+                starts.append(start)
+                bnd.append(j if stop == end else -1)
+                start = stop
+        starts.append(start)
+        if len(_TILE_CACHE) > 64:
+            _TILE_CACHE.clear()
+        _TILE_CACHE[key] = (torch.tensor(starts, dtype=torch.int32).to(device),
+                            torch.tensor(bnd, dtype=torch.int32).to(device))
+    return _TILE_CACHE[key]
+
+
+def _flags(dtype):
+    return dict(DOT_F32=_interpreting() and dtype in (torch.bfloat16, torch.float16),
+                PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32")
+
+
+def retention_scores(q, k, log_decay, BT, tiles=None, reverse=False):
+    """P [B, H, NT, BT, BT]: decayed causal q k^T inside each tile (uniform or a tile table)."""
+    B, T, H, DK = q.shape
+    NT = triton.cdiv(T, BT) if tiles is None else tiles.numel() - 1
+    pdt = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else \
+        (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    P = torch.empty(B, H, NT, BT, BT, device=q.device, dtype=pdt)
+    g = log_decay.to(device=q.device, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if NT == 0:
+        return P
+    _scores_kernel[(NT, B * H)](
+        q, k, P, g, tiles if tiles is not None else P, T, NT, H, q.stride(2),
+        DK=DK, BT=BT, BKC=min(64, triton.next_power_of_2(DK)), VAR_TILES=tiles is not None, REVERSE=reverse,
+        num_warps=4, num_stages=2, **_flags(q.dtype))
+    return P
+
+
+def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=False, chunk_lengths=None,
+                  scores=None, scores_transposed=False, want_scores=False):
+    """One retention scan. Returns (o, final state or None, boundary states or None, scores or None).
+
+    `init` [B, H, K, V] may have any strides. `chunk_lengths` (forward only) asks for the state
+    after every chunk, stacked as [len(chunk_lengths), B, H, K, V]. `scores` reuses a P tensor
+    made for the same tiling (transposed for reversed runs); `want_scores` returns the P it used.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    assert k.shape == q.shape and v.shape[:3] == q.shape[:3]
+    assert k.shape == q.shape and v.shape[:3] == q.shape[:3] and not (reverse and chunk_lengths)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     g = log_decay.to(device=q.device, dtype=acc).contiguous()
-    cfg = _config(DK, DV, q.dtype)
-    BT, BV = cfg.pop("BT"), cfg.pop("BV")
+    slices = [(s, min(DK, s + MAX_SLICE)) for s in range(0, DK, MAX_SLICE)]
+    if len(slices) > 2:
+        raise ValueError(f"the Triton retention kernel supports K up to {2 * MAX_SLICE}, got {DK}")
+    cfgs = [_config(e - s, DV, q.dtype) for s, e in slices]
+    BT = cfgs[0]["BT"]
+    assert all(c["BT"] == BT for c in cfgs), "both K slices must use the same tile"
+    tiles = bnd = None
+    if chunk_lengths is not None:
+        tiles, bnd = _tile_table(tuple(chunk_lengths), BT, q.device)
+    NT = triton.cdiv(T, BT) if tiles is None else tiles.numel() - 1
+    if scores is None and (len(slices) > 1 or want_scores or not cfgs[0]["inline"]):
+        scores = retention_scores(q, k, g, BT, tiles, reverse)
+        scores_transposed = False
+    if scores is not None:
+        assert scores.shape == (B, H, NT, BT, BT), "scores made for another tiling"
+
     o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
-    st = torch.empty(B, H, DK, DV, device=q.device, dtype=acc) if final_state else o
+    st = torch.empty(B, H, DK, DV, device=q.device, dtype=acc) if final_state else None
+    bst = torch.empty(len(chunk_lengths), B, H, DK, DV, device=q.device, dtype=acc) if tiles is not None else None
     if init is not None:
         assert init.shape == (B, H, DK, DV)
-        if init.stride(0) != H * DK * DV or init.stride(1) != DK * DV:
-            init = init.contiguous()
-        s0, s0k, s0v = init, init.stride(2), init.stride(3)
-    else:
-        s0, s0k, s0v = o, 0, 0
-    if boundaries is not None and len(boundaries) > 0:
-        btile = _boundary_tables(boundaries, T, BT)
-        bst = torch.empty(len(boundaries), B, H, DK, DV, device=q.device, dtype=acc)
-        bpos = boundaries
-    else:
-        btile = bpos = bst = None
-    grid = (triton.cdiv(DV, BV), B * H)
-    _chunk_retention_kernel[grid](
-        q, k, v, o, g,
-        s0, s0k, s0v, st,
-        bpos if bpos is not None else o, btile if btile is not None else o, bst if bst is not None else o,
-        T, H, B * H,
-        DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=BV, BT=BT,
-        HAS_INIT=init is not None, STORE_FINAL=final_state, STORE_BND=bst is not None, REVERSE=reverse,
-        DOT_F32=_interpreting() and q.dtype in (torch.bfloat16, torch.float16),
-        PRECISION="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
-        **cfg,
-    )
-    return o, (st if final_state else None), bst
+    oacc = torch.empty(B, T, H, DV, device=q.device, dtype=acc) if len(slices) > 1 else None
+    dummy = o
+    for n_slice, ((s, e), cfg) in enumerate(zip(slices, cfgs, strict=True)):
+        cfg = dict(cfg)
+        BV = cfg.pop("BV")
+        cfg.pop("BT")
+        cfg.pop("inline")
+        first, last = n_slice == 0, n_slice == len(slices) - 1
+        if scores is None:
+            mode = 0
+        elif first:
+            mode = 2 if scores_transposed else 1
+        else:
+            mode = 3  # the intra-tile term is added once, by the first slice
+        s0 = init[:, :, s:e] if init is not None else None
+        st_s = st[:, :, s:e] if st is not None else None
+        bst_s = bst[:, :, :, s:e] if bst is not None else None
+        grid = (triton.cdiv(DV, BV), B * H)
+        LAST_LAUNCH["kernel"] = _chunk_retention_kernel[grid](
+            q[..., s:e], k[..., s:e], v, o if last else oacc, oacc if oacc is not None else dummy,
+            scores if scores is not None else dummy, g,
+            s0 if s0 is not None else dummy, *(s0.stride() if s0 is not None else (0, 0, 0, 0)),
+            st_s if st_s is not None else dummy, *(st_s.stride()[:2] if st_s is not None else (0, 0)),
+            bst_s if bst_s is not None else dummy, *(bst_s.stride()[:3] if bst_s is not None else (0, 0, 0)),
+            tiles if tiles is not None else dummy, bnd if bnd is not None else dummy,
+            T, NT, H, DK,
+            DK=e - s, DV=DV, BK=triton.next_power_of_2(e - s), BV=BV, BT=BT, SCORES=mode,
+            ADD_O=not first, HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, STORE_BND=bst_s is not None,
+            VAR_TILES=tiles is not None, REVERSE=reverse, **_flags(q.dtype), **cfg,
+        )
+    return o, st, bst, (scores if want_scores else None)
 
 
 class ChunkRetentionFunction(torch.autograd.Function):
@@ -253,10 +391,13 @@ class ChunkRetentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, state, output_final_state, boundaries):
-        o, st, bst = retention_fwd(q, k, v, log_decay, state, final_state=output_final_state,
-                                   boundaries=boundaries)
-        ctx.save_for_backward(q, k, v, log_decay, state)
+    def forward(ctx, q, k, v, log_decay, state, output_final_state, chunk_lengths):
+        training = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 4))
+        # Keep the forward's scores for the dv run when they match the backward's uniform tiles.
+        keep = training and chunk_lengths is None
+        o, st, bst, P = retention_fwd(q, k, v, log_decay, state, final_state=output_final_state,
+                                      chunk_lengths=chunk_lengths, want_scores=keep)
+        ctx.save_for_backward(q, k, v, log_decay, state, P)
         ctx.has_state = state is not None
         if bst is not None:
             ctx.mark_non_differentiable(bst)
@@ -264,7 +405,7 @@ class ChunkRetentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dst, _dbst):
-        q, k, v, log_decay, state = ctx.saved_tensors
+        q, k, v, log_decay, state, P_f = ctx.saved_tensors
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         g = log_decay.to(device=q.device, dtype=acc)
         do = do.contiguous()
@@ -272,20 +413,27 @@ class ChunkRetentionFunction(torch.autograd.Function):
         rinit = None if dst is None else dst.to(acc) * torch.exp(-g)[None, :, None, None]
         need_ds0 = ctx.has_state and ctx.needs_input_grad[4]
         dq = dk = dv = ds0 = None
+        P_b = None  # scores of (dO, v), shared by the dq run and (transposed) the dk run
         if ctx.needs_input_grad[0]:
-            dq, _, _ = retention_fwd(do, v, k, g, state.transpose(2, 3) if ctx.has_state else None)
+            dq, _, _, P_b = retention_fwd(do, v, k, g, state.transpose(2, 3) if ctx.has_state else None,
+                                          want_scores=ctx.needs_input_grad[1])
         if ctx.needs_input_grad[2] or need_ds0:
-            dv, ds0, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0)
+            dv, ds0, _, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0,
+                                          scores=P_f, scores_transposed=True)
             if need_ds0:
                 ds0 = (ds0 * torch.exp(g)[None, :, None, None]).to(state.dtype)
         if ctx.needs_input_grad[1]:
-            dk, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
-                                     reverse=True)
+            dk, _, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
+                                        reverse=True, scores=P_b, scores_transposed=True)
         return dq, dk, dv, None, ds0, None, None
 
 
-def chunk_retention_triton(q, k, v, log_decay, state=None, output_final_state=True, boundaries=None):
-    """Autograd-aware entry point: (o, final state or None, boundary states or None)."""
+def chunk_retention_triton(q, k, v, log_decay, state=None, output_final_state=True, chunk_lengths=None):
+    """Autograd-aware entry point: (o, final state or None, boundary states or None).
+
+    Pass `chunk_lengths` only when the states after each chunk are wanted.
+    """
     if state is not None and state.dtype != (torch.float64 if q.dtype == torch.float64 else torch.float32):
         state = state.float()
-    return ChunkRetentionFunction.apply(q, k, v, log_decay, state, output_final_state, boundaries)
+    lengths = None if chunk_lengths is None else tuple(int(n) for n in chunk_lengths)
+    return ChunkRetentionFunction.apply(q, k, v, log_decay, state, output_final_state, lengths)
