@@ -531,7 +531,7 @@ def markdown(rows, meta):
                     cells.append(fmt(r["ms"] if r else None))
             ours = get.get(("chunk", shape, T, "ours", "fwd+bwd"))
             fla = get.get(("chunk", shape, T, "fla", "fwd+bwd"))
-            cells.append(fmt(fla["ms"] / ours["ms"] if ours and fla else None) + "x")
+            cells.append(fmt(fla["ms"] / ours["ms"]) + "x" if ours and fla else "—")
             of = get.get(("chunk", shape, T, "ours", "fwd"))
             cells.append(fmt(100 * float(of["floor_frac"]), 0) + "%" if of and of.get("floor_frac") else "—")
             out.append("| " + " | ".join(cells) + " |")
@@ -551,6 +551,12 @@ def markdown(rows, meta):
         out += ["## Passage-aligned variable chunks (B=4, H=8, K=256, V=512, T=16384)", "",
                 "| layout | ms |", "|---|---|"]
         out += [f"| {r['mode']} ({r.get('chunks', '')} chunks) | {fmt(float(r['ms']), 3)} |" for r in var]
+        out.append("")
+    sw = [r for r in rows if r["section"] == "sweep"]
+    if sw:
+        out += ["## Tile configurations tried (--sweep; B=4, T=8192, H=8, or H=16 at K=V=128)", "",
+                "| scan | configuration | median ms | registers, spills, shared bytes |", "|---|---|---|---|"]
+        out += [f"| {r['mode']} | {r['shape']} | {fmt(float(r['ms']), 4)} | {r.get('regs') or ''} |" for r in sw]
         out.append("")
     cp = [r for r in rows if r["section"] == "copy"]
     if cp:
@@ -573,6 +579,17 @@ def plot(rows, path):
         return
     shapes = sorted({r["shape"] for r in rows if r["section"] == "chunk"}, reverse=True)
     if not shapes:
+        sw = [r for r in rows if r["section"] == "sweep" and not r["mode"].startswith("decode")]
+        if not sw:
+            return
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(sw) + 1.5))
+        ax.barh([f"{r['mode']}  {r['shape']}" for r in sw], [float(r["ms"]) for r in sw])
+        ax.invert_yaxis()
+        ax.set_xlabel("median ms (B=4, T=8192)")
+        ax.set_title("retention scan, tile configurations (bf16)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        say(f"wrote {path}")
         return
     fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.5), squeeze=False)
     for ax, shape in zip(axes[0], shapes, strict=True):
@@ -621,6 +638,7 @@ def main():
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--plot-only", metavar="CSV", help="rebuild kernels.md and kernels.png from a CSV")
     p.add_argument("--sweep-decode", action="store_true", help="with --sweep: also decode tile settings")
+    p.add_argument("--title", help="with --plot-only: heading for kernels.md")
     p.add_argument("--configs", metavar="JSON", help="tile configurations to use (as written by --sweep)")
     p.add_argument("--sweep-one", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)  # CPU, interpreter, toy sizes
@@ -636,7 +654,7 @@ def main():
     if args.plot_only:
         rows = load_rows(args.plot_only)
         with open(os.path.join(args.out, "kernels.md"), "w") as f:
-            f.write(markdown(rows, "from " + os.path.basename(args.plot_only)))
+            f.write(markdown(rows, args.title or "from " + os.path.basename(args.plot_only)))
         plot(rows, os.path.join(args.out, "kernels.png"))
         return
     if not torch.cuda.is_available() and not DRY:

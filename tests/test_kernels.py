@@ -307,3 +307,26 @@ def test_decode_config_blocks(monkeypatch):
     o, st = triton_decode.recurrent_fwd(q, k, v, ld, s0)
     ro, rst = reference.retention_recurrent(q, k, v, ld, s0)
     assert rel(o, ro) < 1e-5 and rel(st, rst) < 1e-5
+
+
+def test_shared_memory_fallback_halves_bv(monkeypatch):
+    """A config too big for the GPU's shared memory is retried with narrower state slices."""
+    from triton.runtime.errors import OutOfResources
+
+    seen = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            def launch(*args, BV, **kwargs):
+                seen.append((grid, BV, kwargs["num_warps"]))
+                if BV > 16:
+                    raise OutOfResources(300000, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(triton_chunk, "_chunk_retention_kernel", FakeKernel())
+    monkeypatch.setattr(triton_chunk, "CONFIG_OVERRIDE", {})
+    key = (256, 512, torch.bfloat16)
+    cfg = dict(BT=64, BV=64, num_warps=8, num_stages=2, inline=True)
+    triton_chunk._launch_scan((), dict(DV=512), cfg, 32, key)
+    assert seen == [((8, 32), 64, 8), ((16, 32), 32, 4), ((32, 32), 16, 4)]
+    assert triton_chunk.CONFIG_OVERRIDE[key]["BV"] == 16

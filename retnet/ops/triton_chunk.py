@@ -71,6 +71,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 # Launch settings per (K slice, V) shape and dtype, chosen on an H100 (benchmarks/results/KERNELS.md);
 # tests and experiments can override them with `CONFIG_OVERRIDE[(K, V, dtype)] = dict(...)`.
@@ -248,21 +249,29 @@ def _chunk_retention_kernel(
 
 def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
     """Launch settings for a scan over a K slice of DK columns: BT tokens per tile, BV state
-    columns per program, warps, pipeline stages, and whether scores are computed in the scan."""
+    columns per program, warps, pipeline stages, and `inline`: compute the scores inside the scan
+    when none are given (inference); training always precomputes them, to share them backward.
+
+    Measured on an H100 with Triton 3.6 (benchmarks/results/KERNELS.md): K=256, V=512 is best at
+    BV=64 and 8 warps (1.16 ms for B=4, H=8, T=8192), K=V=128 at BV=32 and 4 warps with 3 stages
+    (0.23 ms for B=4, H=16, T=8192). One stage crashed Triton 3.6 in several shapes; keep >= 2.
+    """
     key = (DK, DV, dtype)
     if key in CONFIG_OVERRIDE:
         cfg = dict(CONFIG_OVERRIDE[key])
     elif _interpreting():
         cfg = dict(BT=16, BV=min(32, triton.next_power_of_2(DV)), num_warps=4, num_stages=2)
+    elif dtype in (torch.float32, torch.float64):
+        # Wide inputs: half the tile, so that q and k tiles fit in shared memory twice over.
+        cfg = dict(BT=32, BV=max(16, min(triton.next_power_of_2(DV), 4096 // triton.next_power_of_2(DK))),
+                   num_warps=4, num_stages=2)
     elif DK <= 128:
-        cfg = dict(BT=64, BV=32, num_warps=4, num_stages=3, inline=True)
+        cfg = dict(BT=64, BV=min(32, triton.next_power_of_2(DV)), num_warps=4, num_stages=3)
     else:
-        wide = dtype in (torch.float32, torch.float64)
-        BK = triton.next_power_of_2(DK)
         # The register budget: a [BK, BV] float32 state of at most 16K elements (64 a thread at 8 warps).
+        BK = triton.next_power_of_2(DK)
         BV = max(16, min(triton.next_power_of_2(DV), 16384 // BK))
-        cfg = dict(BT=32 if wide else 64, BV=BV, num_warps=8 if BK * BV >= 16384 else 4, num_stages=2,
-                   inline=False)
+        cfg = dict(BT=64, BV=BV, num_warps=8 if BK * BV >= 16384 else 4, num_stages=2)
     cfg.setdefault("inline", True)
     return cfg
 
@@ -291,6 +300,24 @@ def _tile_table(lengths: tuple, BT: int, device) -> tuple[torch.Tensor, torch.Te
         _TILE_CACHE[key] = (torch.tensor(starts, dtype=torch.int32).to(device),
                             torch.tensor(bnd, dtype=torch.int32).to(device))
     return _TILE_CACHE[key]
+
+
+def _launch_scan(args, flags, cfg, BH, key):
+    """Launch the scan; if a configuration needs more shared memory than the GPU has (the limit
+    differs between GPUs and Triton versions), halve BV and remember the working setting."""
+    cfg = dict(cfg)
+    while True:
+        BV = cfg["BV"]
+        launch = {name: cfg[name] for name in ("num_warps", "num_stages") if name in cfg}
+        try:
+            LAST_LAUNCH["kernel"] = _chunk_retention_kernel[(triton.cdiv(flags["DV"], BV), BH)](
+                *args, BV=BV, **flags, **launch)
+            return
+        except OutOfResources:
+            if BV <= 16:
+                raise
+            cfg.update(BV=BV // 2, num_warps=max(4, cfg.get("num_warps", 4) // 2))
+            CONFIG_OVERRIDE[key] = cfg
 
 
 def _flags(dtype):
@@ -353,10 +380,6 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
     oacc = torch.empty(B, T, H, DV, device=q.device, dtype=acc) if len(slices) > 1 else None
     dummy = o
     for n_slice, ((s, e), cfg) in enumerate(zip(slices, cfgs, strict=True)):
-        cfg = dict(cfg)
-        BV = cfg.pop("BV")
-        cfg.pop("BT")
-        cfg.pop("inline")
         first, last = n_slice == 0, n_slice == len(slices) - 1
         if scores is None:
             mode = 0
@@ -367,8 +390,7 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
         s0 = init[:, :, s:e] if init is not None else None
         st_s = st[:, :, s:e] if st is not None else None
         bst_s = bst[:, :, :, s:e] if bst is not None else None
-        grid = (triton.cdiv(DV, BV), B * H)
-        LAST_LAUNCH["kernel"] = _chunk_retention_kernel[grid](
+        args = (
             q[..., s:e], k[..., s:e], v, o if last else oacc, oacc if oacc is not None else dummy,
             scores if scores is not None else dummy, g,
             s0 if s0 is not None else dummy, *(s0.stride() if s0 is not None else (0, 0, 0, 0)),
@@ -376,10 +398,11 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
             bst_s if bst_s is not None else dummy, *(bst_s.stride()[:3] if bst_s is not None else (0, 0, 0)),
             tiles if tiles is not None else dummy, bnd if bnd is not None else dummy,
             T, NT, H, DK,
-            DK=e - s, DV=DV, BK=triton.next_power_of_2(e - s), BV=BV, BT=BT, SCORES=mode,
-            ADD_O=not first, HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, STORE_BND=bst_s is not None,
-            VAR_TILES=tiles is not None, REVERSE=reverse, **_flags(q.dtype), **cfg,
         )
+        flags = dict(DK=e - s, DV=DV, BK=triton.next_power_of_2(e - s), BT=BT, SCORES=mode, ADD_O=not first,
+                     HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, STORE_BND=bst_s is not None,
+                     VAR_TILES=tiles is not None, REVERSE=reverse, **_flags(q.dtype))
+        _launch_scan(args, flags, cfg, B * H, (e - s, DV, q.dtype))
     return o, st, bst, (scores if want_scores else None)
 
 
