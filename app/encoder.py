@@ -62,7 +62,9 @@ def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCa
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
     try:
-        model = RetNetForCausalLM.from_pretrained(path, device=device)
+        # Weights may ship in bf16 to keep the repository small; CPUs compute far faster in float32.
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        model = RetNetForCausalLM.from_pretrained(path, device=device, dtype=torch.float32 if on_cpu else None)
     except CheckpointError as e:
         raise ModelNotFoundError(f"cannot load the model in {path}: {e}") from None
     tokenizer = load_tokenizer(path)
