@@ -45,7 +45,7 @@ try:
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("app.langchain needs langchain-core: pip install 'retnet-rag[langchain]'") from e
 
@@ -75,8 +75,26 @@ def get_reader(model_path: str | Path | None = None, device: str | None = None,
         return reader
 
 
-class _RetNetParams:
-    """Fields and helpers shared by RetNetLLM and ChatRetNet (a pydantic mixin)."""
+class _RetNetParams(BaseModel):
+    """Fields and helpers shared by RetNetLLM and ChatRetNet."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
+
+    model_name: str = Field(default="retnet-rag", alias="model")
+    model_path: str | None = None
+    reader: Any = Field(default=None, exclude=True)
+    device: str | None = None
+    prefix_cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout: float | None = None
+    max_retries: int = 0
+    streaming: bool = False
 
     def _reader(self) -> Reader:
         if self.reader is not None:
@@ -122,24 +140,7 @@ _FIELDS_DOC = """
 class RetNetLLM(_RetNetParams, LLM):
     __doc__ = "A RetNet model as a LangChain LLM: each call reads the prompt into an empty state." + _FIELDS_DOC
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
-
-    model_name: str = Field(default="retnet-rag", alias="model")
-    model_path: str | None = None
-    reader: Any = Field(default=None, exclude=True)
-    device: str | None = None
-    prefix_cache_bytes: int = DEFAULT_CACHE_BYTES
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] | None = None
     raw_prompt: bool = False  # read the prompt text as is (markers in it are still special tokens)
-    timeout: float | None = None
-    max_retries: int = 0
-    streaming: bool = False
 
     @property
     def _llm_type(self) -> str:
@@ -188,23 +189,6 @@ class ChatRetNet(_RetNetParams, BaseChatModel):
     __doc__ = ("A RetNet model as a LangChain chat model (streaming): each call reads the whole message history "
                "into an empty state." + _FIELDS_DOC)
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
-
-    model_name: str = Field(default="retnet-rag", alias="model")
-    model_path: str | None = None
-    reader: Any = Field(default=None, exclude=True)
-    device: str | None = None
-    prefix_cache_bytes: int = DEFAULT_CACHE_BYTES
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] | None = None
-    timeout: float | None = None
-    max_retries: int = 0
-    streaming: bool = False
 
     @property
     def _llm_type(self) -> str:
