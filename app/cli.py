@@ -231,15 +231,21 @@ def cmd_ingest(args) -> int:
     return 0 if report.ok else 1
 
 
+def _start_session(qa, args):
+    """Add --add paths, then a new session, or the one saved at --session if that file exists."""
+    if args.add:
+        _add(qa, args.add)
+    session = qa.session()
+    if args.session and args.session.exists():
+        session.load(args.session)
+    return session
+
+
 def cmd_ask(args) -> int:
     question = _question(args)
     _check_collection_exists(args)
     with _open_qa(args, create=bool(args.add)) as qa:
-        if args.add:
-            _add(qa, args.add)
-        session = qa.session()
-        if args.session and args.session.exists():
-            session.load(args.session)
+        session = _start_session(qa, args)
         if args.json:
             answer = session.ask(question)
             print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
@@ -259,11 +265,8 @@ def cmd_ask(args) -> int:
 def cmd_chat(args) -> int:
     _check_collection_exists(args)
     with _open_qa(args, create=bool(args.add)) as qa:
-        if args.add:
-            _add(qa, args.add)
-        session = qa.session()
+        session = _start_session(qa, args)
         if args.session and args.session.exists():
-            session.load(args.session)
             _info(f"loaded {args.session}: {len(session)} turns")
         _info(f"Chatting over collection {args.collection!r}. Type /help for commands, /quit to leave.")
         while True:
