@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -141,21 +142,25 @@ class Collection:
         path = _collection_dir(name, data_dir)
         embedder = embedder or SentenceTransformerEmbedder()
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise CollectionError(f"collection {name!r} already exists in {path.parent}")
+        # Build it under a hidden temporary name and rename it into place: readers and concurrent
+        # creators see either no collection or a complete one, never a half-made directory.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.creating-", dir=path.parent))
         try:
-            path.mkdir()
-        except FileExistsError:
-            raise CollectionError(f"collection {name!r} already exists in {path.parent}") from None
-        try:
-            with exclusive_lock(path / "lock"):
-                store = Store(path / _DB)
-                with store.transaction():
-                    store.set_meta("embedder", embedder.name)
-                    store.set_meta("dim", str(embedder.dim))
-                    store.set_meta("index_kind", index)
-                    store.set_meta("created_at", str(time.time()))
-                store.close()
+            store = Store(tmp / _DB)
+            with store.transaction():
+                store.set_meta("embedder", embedder.name)
+                store.set_meta("dim", str(embedder.dim))
+                store.set_meta("index_kind", index)
+                store.set_meta("created_at", str(time.time()))
+            store.close()
+            try:
+                os.rename(tmp, path)
+            except OSError:  # another creator got there first
+                raise CollectionError(f"collection {name!r} already exists in {path.parent}") from None
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         logger.info("created collection %s (%s index, embedder %s)", path, index, embedder.name)
         return cls.open(name, data_dir, embedder=embedder, **options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from retrieval_testdata import assert_consistent, text_pdf, write
@@ -234,3 +236,30 @@ def test_concurrent_open_or_create(data_dir, embedder):
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(open_one, range(6))) == ["race"] * 6
     assert Collection.list(data_dir) == ["race"]
+
+
+def test_open_or_create_while_another_creator_is_slow(data_dir, embedder, monkeypatch):
+    """A creator that is slow to initialise must never expose a half-made collection to others."""
+    import threading
+
+    import retrieval.collection as collection_module
+
+    real_store = collection_module.Store
+    started = threading.Event()
+
+    def slow_store(path, *args, **kwargs):
+        if not started.is_set():  # only the first creator is slowed down
+            started.set()
+            time.sleep(0.3)
+        return real_store(path, *args, **kwargs)
+
+    monkeypatch.setattr(collection_module, "Store", slow_store)
+    results = []
+    slow = threading.Thread(target=lambda: results.append(
+        Collection.open_or_create("slow", data_dir, embedder=embedder, progress=False).name))
+    slow.start()
+    started.wait(5)
+    fast = Collection.open_or_create("slow", data_dir, embedder=embedder, progress=False)
+    slow.join(10)
+    assert fast.name == "slow" and results == ["slow"]
+    assert Collection.list(data_dir) == ["slow"]
