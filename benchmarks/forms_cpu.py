@@ -66,7 +66,8 @@ def main() -> None:
         f"# Retention forms on CPU: tokens/s (preset `{args.preset}`, {model.num_parameters / 1e6:.1f}M params, "
         f"chunk {args.chunk_size}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
         "",
-        f"Command: `python benchmarks/forms_cpu.py --preset {args.preset} --lengths {' '.join(map(str, args.lengths))}`",
+        f"Command: `python benchmarks/forms_cpu.py --preset {args.preset} "
+        f"--lengths {' '.join(map(str, args.lengths))}`",
         "",
         "| T | parallel | chunkwise | recurrent |",
         "|---|---|---|---|",
