@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from retnet import RetentionState
-from retnet.generation import SamplingConfig, next_token
+from retnet.generation import SamplingConfig, StopTextBuffer, make_generator, next_token
 
 from .cache import chain_key
 from .types import Answer, Source, Timings, Usage
@@ -72,17 +72,10 @@ class AnswerStream:
             return next(self._gen)
 
     def _run(self) -> Iterator[str]:
-        from tokenizers.decoders import DecodeStream
-
         reader, cfg, stops = self.reader, self.cfg, self.reader.stops
         device = reader.device
-        decoder = DecodeStream(skip_special_tokens=True)
-        gen = None
-        if cfg.seed is not None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(cfg.seed)
-        hold = max((len(s) for s in self.stop_strings), default=1) - 1
-        emitted = 0
+        text = StopTextBuffer(reader.tokenizer, self.stop_strings)
+        gen = make_generator(cfg, device)
         generated = torch.empty(1, 0, dtype=torch.long, device=device)
         reason = "length"
         for _ in range(cfg.max_new_tokens):
@@ -97,20 +90,17 @@ class AnswerStream:
             generated = torch.cat([generated, torch.tensor([[tok]], device=device)], dim=1)
             self.state, hidden = reader.feed(self.state, [tok])
             self._logits = reader.logits_of(hidden)
-            self._raw += decoder.step(reader.tokenizer, tok) or ""
-            cut = _first_stop(self._raw, self.stop_strings, emitted)
-            if cut is not None:
-                self._raw = self._raw[:cut]
+            piece = text.push(tok)
+            self._raw = text.text
+            if text.stopped:
                 reason = "stop"
                 break
-            safe = len(self._raw) - hold if self.stop_strings else len(self._raw)
-            if safe > emitted:
-                piece = self._raw[emitted:safe]
-                emitted = safe
+            if piece:
                 yield piece
         self._finish(reason)
-        if len(self._raw) > emitted:
-            yield self._raw[emitted:]
+        rest = text.flush()
+        if rest:
+            yield rest
 
     def _finish(self, reason: str) -> None:
         if self.finished:
@@ -168,7 +158,3 @@ class AnswerStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None

@@ -65,7 +65,8 @@ def next_token(logits: Tensor, cfg: SamplingConfig, generated: Tensor | None = N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _generator(cfg: SamplingConfig, device) -> torch.Generator | None:
+def make_generator(cfg: SamplingConfig, device) -> torch.Generator | None:
+    """A seeded generator when cfg.seed is set, else None (torch's global RNG)."""
     if cfg.seed is None:
         return None
     g = torch.Generator(device=device)
@@ -97,7 +98,7 @@ def generate(model, input_ids: Tensor, state: RetentionState | None = None, atte
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError("generation needs prompt ids [batch, time] with at least one token")
     B = input_ids.shape[0]
-    gen = _generator(cfg, input_ids.device)
+    gen = make_generator(cfg, input_ids.device)
     logits, state = prefill(model, input_ids, state, chunk_lengths, attention_mask)
     out = torch.empty(B, 0, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -115,13 +116,54 @@ def generate(model, input_ids: Tensor, state: RetentionState | None = None, atte
     return out, state
 
 
-class TextStream:
-    """Iterate to get text pieces as they decode; afterwards read .text, .token_ids, .state, .stop_reason.
+class StopTextBuffer:
+    """Turns generated token ids into text that is safe to show, one token at a time.
 
     Bytes of a multi-byte character that spans tokens are held until the
     character is complete. Text that could be the start of a stop string is
     held back until it is known not to be one, so a stop string split over
-    several tokens never leaks into the output.
+    several tokens never leaks into the output; once one completes, the text
+    is cut before it and `stopped` is set.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()):
+        from tokenizers.decoders import DecodeStream
+
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.text = ""  # everything decoded so far (cut at a stop string)
+        self.stopped = False
+        self._decoder = DecodeStream(skip_special_tokens=True)
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self._emitted = 0  # how much of text has been released
+
+    def push(self, token_id: int) -> str:
+        """Read one token; return the text it releases (possibly empty)."""
+        self.text += self._decoder.step(self.tokenizer, token_id) or ""
+        hits = [i for i in (self.text.find(s, self._emitted) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+            return ""
+        return self._release(len(self.text) - self._hold if self.stop else len(self.text))
+
+    def flush(self) -> str:
+        """The text still held back, at the end of generation."""
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        piece = self.text[self._emitted : upto]
+        self._emitted = upto
+        return piece
+
+
+class TextStream:
+    """Iterate to get text pieces as they decode; afterwards read .text, .token_ids, .state, .stop_reason.
+
+    Text comes out through a StopTextBuffer: characters are never split and
+    stop strings never leak into the output.
     """
 
     def __init__(self, model, tokenizer, prompt_ids: Sequence[int] | Tensor, state: RetentionState | None = None,
@@ -138,17 +180,12 @@ class TextStream:
         self.stop_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
-        from tokenizers.decoders import DecodeStream
-
         model, cfg = self.model, self.cfg
         device = model.embed.weight.device
         if self.prompt.shape[1] == 0:
             raise ValueError("an empty prompt gives no logits to start from; pass at least one token")
-        decoder = DecodeStream(skip_special_tokens=True)
-        gen = _generator(cfg, device)
-        raw = ""  # everything decoded so far
-        emitted = 0  # how much of raw has been yielded
-        hold = max((len(s) for s in self.stop), default=1) - 1
+        text = StopTextBuffer(self.tokenizer, self.stop)
+        gen = make_generator(cfg, device)
         with torch.no_grad():
             logits, self.state = prefill(model, self.prompt.to(device), self.state, self.chunk_lengths)
             self.stop_reason = "length"
@@ -161,21 +198,13 @@ class TextStream:
                 if cfg.eos_token_id is not None and tok == cfg.eos_token_id:
                     self.stop_reason = "eos"
                     break
-                raw += decoder.step(self.tokenizer, tok) or ""
-                cut = _first_stop(raw, self.stop, start=emitted)
-                if cut is not None:
-                    raw = raw[:cut]
+                piece = text.push(tok)
+                if text.stopped:
                     self.stop_reason = "stop"
                     break
-                safe = len(raw) - hold if self.stop else len(raw)
-                if safe > emitted:
-                    yield raw[emitted:safe]
-                    emitted = safe
-        if len(raw) > emitted:
-            yield raw[emitted:]
-        self.text = raw
-
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
+                if piece:
+                    yield piece
+        rest = text.flush()
+        if rest:
+            yield rest
+        self.text = text.text

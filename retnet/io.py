@@ -6,6 +6,7 @@ A reader (or a crash) sees either the old file or the new one, never half of one
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -28,6 +29,35 @@ def atomic_path(target: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_directory(target: str | Path):
+    """Yield a temp folder beside `target`; on success it replaces `target` (a folder or file).
+
+    The previous `target` is renamed aside first and removed only once the new one is in place,
+    so a crash leaves the old folder, the new one, or the old one under `<name>.old`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = target.with_name(target.name + ".old")
+        _remove(old)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        _remove(old)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _umask() -> int:

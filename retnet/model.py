@@ -129,7 +129,9 @@ class RetNetForCausalLM(nn.Module):
             x, s = layer(x, positions, layer_state, mode, lengths, mask)
             new_layers.append(s)
         read = steps[:, -1] if T > 0 else torch.zeros_like(state.offsets)
-        new_state = RetentionState(new_layers, state.offsets + read.to(state.offsets.device), self.fingerprint())
+        # The incoming state already names this model; hashing weights per decode step would be wasted work.
+        fingerprint = state.fingerprint or self.fingerprint()
+        new_state = RetentionState(new_layers, state.offsets + read.to(state.offsets.device), fingerprint)
         return self.final_norm(x), new_state
 
     def _chunk_lengths(self, mode: str, T: int, chunk_lengths, chunk_size) -> list[int] | None:

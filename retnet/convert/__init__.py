@@ -12,15 +12,14 @@ Command line: `python -m retnet.convert SRC DST [--source auto|fla|torchscale] [
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, read_config_dict, read_safetensors
+from ..io import atomic_directory
 from .fla import FLA_MODEL_TYPE, convert_fla_state_dict, load_fla_directory
 from .torchscale import convert_torchscale_state_dict, from_torchscale, read_torchscale_args, torchscale_config
 
@@ -146,20 +145,12 @@ def convert_checkpoint(src: str | Path, dst: str | Path, source: str = "auto", *
         except Exception as e:  # the tokenizers library raises its own exception type
             raise CheckpointError(f"{tok} cannot be read by the tokenizers library: {e}") from None
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
+    with atomic_directory(dst) as tmp:
         model.save_pretrained(tmp)
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, tmp / name)
                 copied.append(name)
-        if dst.exists():
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     weight = model.embed.weight
     return {"source": kind, "src": str(src), "dst": str(dst), "num_parameters": model.num_parameters,
             "dtype": str(weight.dtype).replace("torch.", ""), "tokenizer_files": copied,

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import RetNetConfig
-from ..io import atomic_write_text
+from ..io import atomic_directory, atomic_write_text
 from ..model import RetNetForCausalLM
 from .data import MixedBatches, TokenRows
 
@@ -204,24 +203,17 @@ class Trainer:
     def save(self, target: Path) -> None:
         if not self.is_main:
             return
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         tokenizer = None
         if self.cfg.tokenizer_file:
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(self.cfg.tokenizer_file)
-        self.model.save_pretrained(tmp, tokenizer=tokenizer)
-        save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
-        state = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
-                 "data_rng": self.batches.rng.bit_generator.state}
-        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            self.model.save_pretrained(tmp, tokenizer=tokenizer)
+            save_file(_optimizer_tensors(self.opt), str(tmp / "optimizer.safetensors"))
+            state = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
+                     "data_rng": self.batches.rng.bit_generator.state}
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
 
     def resume(self, source: Path) -> None:
         state = json.loads((source / "trainer_state.json").read_text())
