@@ -34,7 +34,6 @@ from safetensors.torch import save_file
 
 from retnet import RetentionState, StateMismatchError
 from retnet.io import atomic_write
-from retnet.state import STATE_FORMAT, STATE_FORMAT_VERSION
 
 from .decoder import AnswerStream
 from .defaults import DEFAULT_K
@@ -165,10 +164,7 @@ class Session:
         path = Path(path).expanduser()
         with self._lock:
             self._settle()
-            tensors = {f"layer.{i}": t.detach().contiguous().cpu() for i, t in enumerate(self.state.layers)}
-            tensors["offsets"] = self.state.offsets.detach().contiguous().cpu()
-            header = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION,
-                      "fingerprint": self.state.fingerprint, "num_layers": len(self.state.layers)}
+            tensors, header = self.state.file_tensors(), self.state.file_header()
             session = json.dumps({
                 "format": SESSION_FORMAT, "format_version": SESSION_FORMAT_VERSION, "key": self.key.hex(),
                 "k": self.k, "layout": self.layout, "instructions": self.instructions, "name": self.name,

@@ -16,6 +16,16 @@ exactly and our own models say what they are:
 Both FFNs are the same gated shape, down(act(a x) * b x): torchscale's
 fc1/gate/fc2 and fla's gate/up/down are a/b/down. Decay is
 gamma_h = 1 - 2**(-5 - h) (paper Eq. 8) unless `decay_log` lists log(gamma_h).
+
+`token_shift` (ours only; neither torchscale nor fla has it, so it is off for
+both) gives every retention layer an RWKV-style token shift: q, k and v are
+projected from `x + mu * (x_prev - x)`, a learned per-channel mix of the
+layer's input at this token and at the previous one (the gate still reads x).
+Keys that see the previous token let one retention layer form the
+"previous token -> next token" associations that in-context copying and
+associative recall need (H3's shift, RWKV's token shift, the short
+convolutions of Based/Mamba). The state then also carries each layer's last
+input (`RetentionState.last_inputs`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ _CHOICES = {
     "qk_scale_on": ("q", "k"),
     "ffn_activation": ("gelu", "swish"),
 }
+
+# Fields added after models and states were first saved, with the value that means "as before".
+_ADDED_LATER = {"token_shift": False}
 
 
 @dataclass
@@ -58,6 +71,7 @@ class RetNetConfig:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     max_chunk_length: int = 512  # longest chunk the chunkwise form is given by default
+    token_shift: bool = False  # q/k/v read a learned mix of this token's and the previous token's input
     extra: dict = field(default_factory=dict)  # free-form provenance, e.g. the source checkpoint
 
     def __post_init__(self) -> None:
@@ -72,6 +86,8 @@ class RetNetConfig:
             raise ValueError(f"head_k_dim must be even for rotary embeddings, got {self.head_k_dim}")
         if self.decay_log is not None and len(self.decay_log) != self.num_heads:
             raise ValueError(f"decay_log has {len(self.decay_log)} entries for {self.num_heads} heads")
+        if not isinstance(self.token_shift, bool):
+            raise ValueError(f"RetNetConfig.token_shift must be true or false, got {self.token_shift!r}")
 
     # -- derived sizes ------------------------------------------------------
     @property
@@ -88,8 +104,10 @@ class RetNetConfig:
         return [math.log(1 - 2 ** (-5 - h)) for h in range(self.num_heads)]
 
     def state_bytes(self, batch_size: int = 1) -> int:
-        """Bytes of the fp32 recurrent state: layers x heads x K x V x 4 per sequence."""
-        return batch_size * self.num_layers * self.num_heads * self.head_k_dim * self.head_v_dim * 4
+        """Bytes of the fp32 recurrent state: layers x heads x K x V x 4 per sequence,
+        plus layers x hidden x 4 (each layer's last input) with token shift."""
+        per_layer = self.num_heads * self.head_k_dim * self.head_v_dim + (self.hidden_size if self.token_shift else 0)
+        return batch_size * self.num_layers * per_layer * 4
 
     # -- presets ------------------------------------------------------------
     @classmethod
@@ -101,6 +119,15 @@ class RetNetConfig:
     # -- serialisation ------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict:
+        """to_dict() without fields added later that are at their old behaviour's value, so that a
+        model's fingerprint (and every state file and cache key derived from it) stays what it was."""
+        data = self.to_dict()
+        for name, old in _ADDED_LATER.items():
+            if data[name] == old:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> RetNetConfig:

@@ -61,8 +61,33 @@ class _PerDeviceConstant:
         return self._copies[device]
 
 
+def previous_inputs(x: Tensor, last: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each token's previous input, and the input to remember for the next call.
+
+    x [B, T, D]; last [B, D], the last real input before this call (zeros at the start).
+    Returns x_prev [B, T, D] (x_prev[:, t] = x at the last real token before t, or `last`)
+    and the new last input [B, D] in `last`'s dtype. With a padding mask [B, T] (True = real)
+    padded tokens are skipped: they are nobody's previous token and leave `last` unchanged.
+    Vectorised: the index of the last real token so far is a running maximum.
+    """
+    B, T, _ = x.shape
+    history = torch.cat([last.to(x.dtype)[:, None], x], dim=1)  # history[:, j + 1] = x[:, j]
+    if mask is None:
+        return history[:, :T], history[:, T].to(last.dtype)
+    steps = torch.arange(1, T + 1, device=x.device).expand(B, T)
+    # upto[:, t]: history index of the last real token at or before t (0: none, i.e. `last`).
+    upto = torch.where(mask, steps, torch.zeros_like(steps)).cummax(dim=1).values
+    before = F.pad(upto, (1, 0))  # [B, T + 1]: the same strictly before t; the last column is after the call
+    picked = history.gather(1, before[..., None].expand(-1, -1, x.shape[-1]))
+    return picked[:, :T], picked[:, T].to(last.dtype)
+
+
 class MultiScaleRetention(nn.Module):
-    """Retention with per-head decays, rotary q/k, per-head RMSNorm and a swish output gate."""
+    """Retention with per-head decays, rotary q/k, per-head RMSNorm and a swish output gate.
+
+    With `cfg.token_shift`, q, k and v are projected from x + shift_* (x_prev - x): per-channel
+    learned mixes of this token's and the previous token's input (RWKV's token shift).
+    """
 
     def __init__(self, cfg: RetNetConfig):
         super().__init__()
@@ -77,15 +102,37 @@ class MultiScaleRetention(nn.Module):
         self.out_norm = RMSNorm(cfg.head_v_dim, eps, affine=cfg.group_norm_affine)
         self._log_decay = _PerDeviceConstant(torch.tensor(cfg.head_log_decays(), dtype=torch.float64, device="cpu"))
         self._inv_freq = _PerDeviceConstant(inverse_frequencies(cfg))
+        if cfg.token_shift:
+            self.shift_q = nn.Parameter(torch.empty(h))
+            self.shift_k = nn.Parameter(torch.empty(h))
+            self.shift_v = nn.Parameter(torch.empty(h))
+            self.reset_token_shift()
+
+    def reset_token_shift(self) -> None:
+        """Keys mix in linspace(0, 1) of the previous token (the last channels see only it); q, v none."""
+        with torch.no_grad():
+            self.shift_q.zero_()
+            self.shift_v.zero_()
+            self.shift_k.copy_(torch.linspace(0, 1, self.shift_k.numel(), device=self.shift_k.device))
 
     def forward(self, x: Tensor, positions: Tensor, state: Tensor | None, mode: str,
-                chunk_lengths: list[int] | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                chunk_lengths: list[int] | None = None, mask: Tensor | None = None,
+                last_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Returns (output, new retention state, new last input). `last_input` [B, hidden] is the
+        previous call's last real input (token shift only; None means zeros)."""
         cfg = self.cfg
         B, T, _ = x.shape
         H, K, V = cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim
-        q = self.q_proj(x).view(B, T, H, K)
-        k = self.k_proj(x).view(B, T, H, K)
-        v = self.v_proj(x).view(B, T, H, V)
+        xq = xk = xv = x
+        if cfg.token_shift:
+            if last_input is None:
+                last_input = x.new_zeros(B, x.shape[-1], dtype=ops.reference.compute_dtype(x))
+            x_prev, last_input = previous_inputs(x, last_input, mask)
+            delta = x_prev - x
+            xq, xk, xv = (x + mu.to(x.dtype) * delta for mu in (self.shift_q, self.shift_k, self.shift_v))
+        q = self.q_proj(xq).view(B, T, H, K)
+        k = self.k_proj(xk).view(B, T, H, K)
+        v = self.v_proj(xv).view(B, T, H, V)
         if cfg.qk_scale_on == "k":
             k = k * K**-0.5
         else:
@@ -103,7 +150,7 @@ class MultiScaleRetention(nn.Module):
         else:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         o = self.out_norm(o).reshape(B, T, H * V)
-        return self.o_proj(o * F.silu(self.g_proj(x))), state
+        return self.o_proj(o * F.silu(self.g_proj(x))), state, last_input
 
 
 class RetNetBlock(nn.Module):
@@ -117,7 +164,9 @@ class RetNetBlock(nn.Module):
         self.ffn = GatedFFN(cfg)
 
     def forward(self, x: Tensor, positions: Tensor, state: Tensor | None, mode: str,
-                chunk_lengths: list[int] | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        y, state = self.retention(self.retention_norm(x), positions, state, mode, chunk_lengths, mask)
+                chunk_lengths: list[int] | None = None, mask: Tensor | None = None,
+                last_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        y, state, last_input = self.retention(self.retention_norm(x), positions, state, mode, chunk_lengths, mask,
+                                              last_input)
         x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
+        return x + self.ffn(self.ffn_norm(x)), state, last_input

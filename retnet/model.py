@@ -6,7 +6,9 @@ Every forward mode takes an incoming state and returns the outgoing one:
     logits, state = model(next_ids, state=state, mode="recurrent")
 
 `attention_mask` [B, T] marks real tokens; padding (on either side) neither
-moves a sequence's position nor touches its state.
+moves a sequence's position nor touches its state. With `config.token_shift`
+the state also holds each layer's last real input, so a real token's previous
+token is the last real one before it, in this call or an earlier one.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class RetNetForCausalLM(nn.Module):
         cached = getattr(self, "_fingerprint_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.config.identity_dict(), sort_keys=True).encode())
         for name, p in sorted(self.state_dict().items()):
             flat = p.detach().reshape(-1)
             sample = torch.cat([flat[:64], flat[-64:]]).to("cpu", torch.float32)
@@ -108,8 +110,7 @@ class RetNetForCausalLM(nn.Module):
             state = self.new_state(B, input_ids.device)
         elif state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} sequences but input_ids has {B}")
-        if len(state.layers) != self.config.num_layers:
-            raise ValueError(f"state has {len(state.layers)} layers, model has {self.config.num_layers}")
+        state.check_layout(self.config)
 
         mask = None
         if attention_mask is not None:
@@ -124,14 +125,17 @@ class RetNetForCausalLM(nn.Module):
         x = self.embed(input_ids)
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
-        new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            x, s = layer(x, positions, layer_state, mode, lengths, mask)
+        new_layers, new_inputs = [], []
+        last_inputs = state.last_inputs or [None] * len(state.layers)
+        for layer, layer_state, last_input in zip(self.layers, state.layers, last_inputs, strict=True):
+            x, s, last_input = layer(x, positions, layer_state, mode, lengths, mask, last_input)
             new_layers.append(s)
+            new_inputs.append(last_input)
         read = steps[:, -1] if T > 0 else torch.zeros_like(state.offsets)
         # The incoming state already names this model; hashing weights per decode step would be wasted work.
         fingerprint = state.fingerprint or self.fingerprint()
-        new_state = RetentionState(new_layers, state.offsets + read.to(state.offsets.device), fingerprint)
+        new_state = RetentionState(new_layers, state.offsets + read.to(state.offsets.device), fingerprint,
+                                   new_inputs if state.last_inputs is not None else None)
         return self.final_norm(x), new_state
 
     def _chunk_lengths(self, mode: str, T: int, chunk_lengths, chunk_size) -> list[int] | None:

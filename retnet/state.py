@@ -2,16 +2,22 @@
 
 Per layer one float32 tensor [batch, heads, K, V], plus, per sequence, the
 number of tokens read (which is also the rotary position of the next token).
-Its size depends only on the model, never on how much was read.
+A model with token shift (`RetNetConfig.token_shift`) also keeps, per layer,
+its last real input [batch, hidden] (float32), the previous token of the next
+call's first token. Its size depends only on the model, never on how much was read.
 
 On disk it is one safetensors file; its metadata header carries a format
 version and the fingerprint of the model that wrote it, so a state cannot be
-loaded into a different model by accident. No pickle anywhere.
+loaded into a different model by accident. Tensors: `layer.{i}`, `offsets`, and
+with token shift `last_input.{i}` (the header then says `"last_inputs": true`).
+Files without them (all files written before token shift existed) read as
+states of models without token shift; the format version stays 1. No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +41,20 @@ class RetentionState:
     layers: list[Tensor]  # per layer [B, H, K, V], float32 (float64 in exactness tests)
     offsets: Tensor  # [B] int64: tokens read so far = rotary position of the next token
     fingerprint: str | None = None  # of the model that produced it
+    last_inputs: list[Tensor] | None = None  # token shift only: per layer [B, hidden], the last real input
 
     @classmethod
     def zeros(cls, cfg, batch_size: int = 1, device=None, dtype=torch.float32, fingerprint=None):
         shape = (batch_size, cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim)
+        last_inputs = None
+        if cfg.token_shift:
+            last_inputs = [torch.zeros(batch_size, cfg.hidden_size, device=device, dtype=dtype)
+                           for _ in range(cfg.num_layers)]
         return cls(
             layers=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)],
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
             fingerprint=fingerprint,
+            last_inputs=last_inputs,
         )
 
     @property
@@ -53,25 +65,60 @@ class RetentionState:
     def tokens_seen(self) -> Tensor:
         return self.offsets
 
+    def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """Every tensor of the state under its name in the state file."""
+        for i, t in enumerate(self.layers):
+            yield f"layer.{i}", t
+        yield "offsets", self.offsets
+        for i, t in enumerate(self.last_inputs or ()):
+            yield f"last_input.{i}", t
+
     @property
     def nbytes(self) -> int:
-        """Bytes held: the per-layer tensors plus the position counters."""
-        return sum(t.numel() * t.element_size() for t in self.layers) + self.offsets.numel() * 8
+        """Bytes held: the per-layer tensors (and last inputs, with token shift) plus the position counters."""
+        return sum(t.numel() * t.element_size() for _, t in self.named_tensors())
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> RetentionState:
+        """The same state with `fn` applied to every tensor."""
+        last = None if self.last_inputs is None else [fn(t) for t in self.last_inputs]
+        return RetentionState([fn(t) for t in self.layers], fn(self.offsets), self.fingerprint, last)
 
     def clone(self) -> RetentionState:
         """An independent copy: fork a conversation without touching the original."""
-        return RetentionState([t.clone() for t in self.layers], self.offsets.clone(), self.fingerprint)
+        return self._map(torch.clone)
 
     def to(self, device) -> RetentionState:
-        return RetentionState([t.to(device) for t in self.layers], self.offsets.to(device), self.fingerprint)
+        return self._map(lambda t: t.to(device))
+
+    def select(self, rows) -> RetentionState:
+        """The state of some sequences: `rows` is an int, a slice, an index tensor or a bool mask over
+        the batch. The result shares memory with this state where indexing allows; clone() it to fork."""
+        if isinstance(rows, int):
+            rows = slice(rows, rows + 1 if rows != -1 else None)
+        return self._map(lambda t: t[rows])
+
+    def equal(self, other: RetentionState) -> bool:
+        """True when both hold exactly the same tensors (what was read); the fingerprint is not compared."""
+        mine, theirs = dict(self.named_tensors()), dict(other.named_tensors())
+        return mine.keys() == theirs.keys() and all(
+            t.shape == theirs[name].shape and torch.equal(t, theirs[name].to(t.device)) for name, t in mine.items())
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write atomically: the previous file at `path` survives any failure."""
-        tensors = {f"layer.{i}": t.detach().contiguous().cpu() for i, t in enumerate(self.layers)}
-        tensors["offsets"] = self.offsets.detach().contiguous().cpu()
+    def file_tensors(self) -> dict[str, Tensor]:
+        """The tensors as written to a state file: detached, contiguous, on the CPU."""
+        return {name: t.detach().contiguous().cpu() for name, t in self.named_tensors()}
+
+    def file_header(self) -> dict:
+        """The JSON header of a state file (also written into session files)."""
         header = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION,
                   "fingerprint": self.fingerprint, "num_layers": len(self.layers)}
+        if self.last_inputs is not None:
+            header["last_inputs"] = True
+        return header
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: the previous file at `path` survives any failure."""
+        tensors, header = self.file_tensors(), self.file_header()
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"header": json.dumps(header)}))
 
     @classmethod
@@ -92,20 +139,35 @@ class RetentionState:
                 n = int(header["num_layers"])
                 layers = [f.get_tensor(f"layer.{i}") for i in range(n)]
                 offsets = f.get_tensor("offsets")
+                last_inputs = [f.get_tensor(f"last_input.{i}") for i in range(n)] if header.get("last_inputs") else None
         except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as e:
             raise StateMismatchError(f"{path} is not a readable state file ({e})") from None
-        state = cls(layers, offsets, header.get("fingerprint"))
+        state = cls(layers, offsets, header.get("fingerprint"), last_inputs)
         if model is not None:
             state.check_compatible(model, source=str(path))
         return state.to(device) if device is not None else state
 
-    def check_compatible(self, model, source: str = "state") -> None:
-        cfg = model.config
+    def check_layout(self, cfg, source: str = "state") -> None:
+        """Refuse a state whose tensors do not fit a model with config `cfg` (shapes, token shift)."""
         expected = (cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim)
         if len(self.layers) != cfg.num_layers or any(tuple(t.shape[1:]) != expected for t in self.layers):
             raise StateMismatchError(f"{source} has the wrong shape for this model "
                                      f"({len(self.layers)} layers of {tuple(self.layers[0].shape[1:])}, "
                                      f"expected {cfg.num_layers} of {expected})")
+        if (self.last_inputs is not None) != cfg.token_shift:
+            raise StateMismatchError(
+                f"{source} has no token-shift inputs (last_inputs) but this model uses token_shift"
+                if cfg.token_shift else
+                f"{source} carries token-shift inputs (last_inputs) but this model has token_shift off")
+        if self.last_inputs is not None:
+            want = (self.batch_size, cfg.hidden_size)
+            if len(self.last_inputs) != cfg.num_layers or any(tuple(t.shape) != want for t in self.last_inputs):
+                raise StateMismatchError(f"{source} has token-shift inputs of the wrong shape "
+                                         f"({[tuple(t.shape) for t in self.last_inputs]}, expected "
+                                         f"{cfg.num_layers} of {want})")
+
+    def check_compatible(self, model, source: str = "state") -> None:
+        self.check_layout(model.config, source)
         if self.fingerprint != model.fingerprint():
             raise StateMismatchError(f"{source} was written by a different model "
                                      f"(fingerprint {self.fingerprint}, this model {model.fingerprint()})")

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from helpers import make_model
+from helpers import (
+    PAD_SIDES,
+    assert_modes_agree,
+    assert_padding_matches_rows,
+    make_model,
+    model_case,
+    rel_err,
+    states_err,
+)
 from retnet import RetNetConfig, RetNetForCausalLM
 
 MODEL64 = make_model(seed=1)
@@ -15,45 +22,14 @@ CONVENTIONS = [
     dict(),
     dict(rotary_style="half", rotary_grid="power", qk_scale_on="q", ffn_activation="gelu"),
     dict(group_norm_affine=False, tie_embeddings=True, embed_scale=5.0),
+    dict(token_shift=True),
 ]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def states_err(s1, s2) -> float:
-    assert torch.equal(s1.offsets, s2.offsets)
-    return max(rel_err(a, b) for a, b in zip(s1.layers, s2.layers, strict=True))
-
-
-@st.composite
-def model_case(draw):
-    B = draw(st.integers(1, 3))
-    T = draw(st.integers(1, 30))
-    cuts = sorted(draw(st.sets(st.integers(1, max(1, T - 1)), max_size=5)))
-    edges = [0, *[c for c in cuts if c < T], T]
-    lengths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
-    prior = draw(st.integers(0, 12))
-    seed = draw(st.integers(0, 10**6))
-    return B, T, lengths, prior, seed
 
 
 @settings(max_examples=30, deadline=None)
 @given(model_case())
 def test_modes_agree_float64(case):
-    B, T, lengths, prior, seed = case
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (B, T), generator=g)
-    state = None
-    if prior:
-        state = MODEL64(torch.randint(0, 256, (B, prior), generator=g), mode="chunkwise").state
-    ref = MODEL64(ids, state=state.clone() if state else None, mode="recurrent")
-    for kwargs in (dict(mode="parallel"), dict(mode="chunkwise", chunk_lengths=lengths),
-                   dict(mode="chunkwise", chunk_size=4)):
-        out = MODEL64(ids, state=state.clone() if state else None, **kwargs)
-        assert rel_err(out.logits, ref.logits) < 1e-10, kwargs
-        assert states_err(out.state, ref.state) < 1e-10, kwargs
+    assert_modes_agree(MODEL64, case)
 
 
 @pytest.mark.parametrize("conventions", CONVENTIONS)
@@ -85,30 +61,9 @@ def test_prefill_chunkwise_then_decode_recurrent_equals_one_pass():
     assert state.offsets.tolist() == [40]
 
 
-@pytest.mark.parametrize("side", ["left", "right", "both"])
+@pytest.mark.parametrize("side", PAD_SIDES)
 def test_padding_never_leaks_into_the_state(side):
-    lengths = [7, 3, 11]
-    T = 14
-    rows = [torch.randint(0, 256, (n,)) for n in lengths]
-    prior = MODEL64(torch.randint(0, 256, (3, 5)), mode="chunkwise").state
-    ids = torch.zeros(3, T, dtype=torch.long)
-    mask = torch.zeros(3, T, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        start = {"left": T - len(row), "right": 0, "both": (T - len(row)) // 2}[side]
-        ids[i, start:start + len(row)] = row
-        mask[i, start:start + len(row)] = True
-    for mode in ("parallel", "recurrent", "chunkwise"):
-        out = MODEL64(ids, state=prior.clone(), mode=mode, attention_mask=mask)
-        for i, row in enumerate(rows):
-            single = MODEL64(row[None], state=_row(prior, i), mode="recurrent")
-            assert states_err(_row(out.state, i), single.state) < 1e-10, (mode, i)
-            assert rel_err(out.logits[i][mask[i]], single.logits[0]) < 1e-10, (mode, i)
-
-
-def _row(state, i):
-    from retnet import RetentionState
-
-    return RetentionState([t[i:i + 1].clone() for t in state.layers], state.offsets[i:i + 1].clone(), state.fingerprint)
+    assert_padding_matches_rows(MODEL64, side)
 
 
 def test_mode_errors_are_clear():

@@ -26,8 +26,8 @@ def special_tokenizer():
     return tok
 
 
-def tiny_model(vocab_size: int = 256, seed: int = 0):
-    return make_model(seed=seed, dtype=torch.float32, vocab_size=vocab_size)
+def tiny_model(vocab_size: int = 256, seed: int = 0, **overrides):
+    return make_model(seed=seed, dtype=torch.float32, vocab_size=vocab_size, **overrides)
 
 
 def scripted_tokens(monkeypatch, ids):

@@ -79,14 +79,24 @@ def data_dir(tmp_path):
     return tmp_path / "collections"
 
 
-@pytest.fixture
-def qa(model, byte_tok, docs_dir, data_dir):
+def _open_qa(model, byte_tok, docs_dir, data_dir):
     from app import MultiDocQA
 
     with MultiDocQA("docs", data_dir=data_dir, model=model, tokenizer=byte_tok, embedder=HashEmbedder(64), k=2,
                     max_new_tokens=6) as qa:
         qa.add(docs_dir, progress=False)
         yield qa
+
+
+@pytest.fixture
+def qa(model, byte_tok, docs_dir, data_dir):
+    yield from _open_qa(model, byte_tok, docs_dir, data_dir)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "token-shift"])
+def any_qa(request, model, byte_tok, docs_dir, data_dir):
+    """`qa` over the tiny model, and over a tiny model with token shift (its state also holds last inputs)."""
+    yield from _open_qa(tiny_model(token_shift=True) if request.param else model, byte_tok, docs_dir, data_dir)
 
 
 @pytest.fixture(scope="session")

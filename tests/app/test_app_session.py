@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from app_testutil import tiny_model
 
 import app.session as session_module
@@ -22,8 +21,7 @@ from retnet import RetentionState
 
 
 def same_state(a, b) -> bool:
-    return torch.equal(a.offsets, b.offsets) and all(torch.equal(x, y) for x, y in zip(a.layers, b.layers,
-                                                                                        strict=True))
+    return a.equal(b)
 
 
 def test_turns_accumulate_in_a_constant_state(qa):
@@ -114,7 +112,8 @@ def test_stream_then_close_keeps_the_partial_answer(qa):
     assert open_stream.finished and [t.question for t in s.turns] == ["What does tar -z do?", "Another?", "Third?"]
 
 
-def test_save_load_round_trip_continues_identically(qa, tmp_path):
+def test_save_load_round_trip_continues_identically(any_qa, tmp_path):
+    qa = any_qa
     s = qa.session()
     s.ask("What does the -r option of rsync do?")
     path = s.save(tmp_path / "chat.session")
@@ -126,7 +125,7 @@ def test_save_load_round_trip_continues_identically(qa, tmp_path):
     assert same_state(loaded.state, s.state)
     # the file is also a plain state file of this model
     st = RetentionState.load(path, model=qa.model)
-    assert st.nbytes == s.state_bytes
+    assert st.nbytes == s.state_bytes and (st.last_inputs is not None) == qa.model.config.token_shift
 
 
 def test_save_is_one_file_and_leaves_no_temp_files(qa, tmp_path):
