@@ -39,16 +39,23 @@ def save_pretrained(model, path: str | Path, tokenizer=None) -> None:
         atomic_write_text(path / TOKENIZER_FILE, tokenizer.to_str())
 
 
-def read_config_dict(path: Path) -> dict:
+def read_config_dict(path: Path, model_type: str | None = None, hint: str = "") -> dict:
+    """config.json of a model directory, with clear errors; with `model_type`, the type it must have
+    (`hint` is added to that error)."""
     import json
 
+    if not path.is_dir():
+        raise CheckpointError(f"model directory {path} does not exist")
     file = path / CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(f"{path} has no {CONFIG_FILE}: not a model directory")
     try:
-        return json.loads(file.read_text())
+        raw = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+    if model_type is not None and raw.get("model_type") != model_type:
+        raise CheckpointError(f"{file} has model_type {raw.get('model_type')!r}, not {model_type!r}{hint}")
+    return raw
 
 
 def read_safetensors(file: Path) -> dict[str, Tensor]:
@@ -62,8 +69,6 @@ def read_safetensors(file: Path) -> dict[str, Tensor]:
 
 def load_pretrained(path: str | Path, device=None, dtype=None):
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"model directory {path} does not exist")
     raw = read_config_dict(path)
     if raw.get("model_type") == "retnet":
         from .convert.fla import load_fla_directory

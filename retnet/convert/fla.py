@@ -301,12 +301,7 @@ def fla_key(ours: str) -> str:
 def load_fla_directory(path: str | Path, device=None, dtype=None):
     """Our RetNetForCausalLM from an fla RetNet directory (config.json + safetensors weights)."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"model directory {path} does not exist")
-    raw = read_config_dict(path)
-    if raw.get("model_type") != FLA_MODEL_TYPE:
-        raise CheckpointError(f"{path / CONFIG_FILE} has model_type {raw.get('model_type')!r}, "
-                              f"not {FLA_MODEL_TYPE!r} (flash-linear-attention RetNet)")
+    raw = read_config_dict(path, FLA_MODEL_TYPE, " (flash-linear-attention RetNet)")
     check_fla_config(raw, str(path / CONFIG_FILE))  # before reading gigabytes of weights
     tensors, origin = read_fla_weights(path)
     files = sorted(set(origin.values()))

@@ -10,7 +10,8 @@ from .trainer import TrainConfig, Trainer
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m retnet.train", description="Train a RetNet language model.")
+    parser = argparse.ArgumentParser(prog="python -m retnet.train", description="Train a RetNet language model "
+                                     "(or, with \"arch\": \"transformer\", the same-size Transformer baseline).")
     parser.add_argument("--config", required=True, help="training config JSON (fields of retnet.train.TrainConfig)")
     parser.add_argument("--max-steps", type=int, help="override max_steps")
     parser.add_argument("--out-dir", help="override out_dir")

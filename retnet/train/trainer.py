@@ -1,5 +1,6 @@
 """Language-model training for RetNet: chunkwise form, bf16 autocast, accumulation, cosine schedule,
-checkpoint and resume, one GPU or several through torchrun (DDP).
+checkpoint and resume, one GPU or several through torchrun (DDP). ``arch="transformer"`` trains the
+same-size Transformer baseline (retnet.train.baseline) with everything else unchanged.
 
     python -m retnet.train --config train.json            # one process
     torchrun --nproc-per-node 2 -m retnet.train --config train.json
@@ -29,16 +30,23 @@ from torch import nn
 from ..config import RetNetConfig
 from ..io import atomic_directory, atomic_write_text
 from ..model import RetNetForCausalLM
+from .baseline import TransformerConfig, TransformerForCausalLM, transformer_config_like
 from .data import MixedBatches, TokenRows
 
 log = logging.getLogger(__name__)
+
+MODEL_CLASSES = {"retnet": RetNetForCausalLM, "transformer": TransformerForCausalLM}
 
 
 @dataclass
 class TrainConfig:
     out_dir: str
-    model: dict  # RetNetConfig fields, or {"preset": name, ...overrides}
+    # arch "retnet": RetNetConfig fields, or {"preset": name, ...overrides}.
+    # arch "transformer": TransformerConfig fields, or {"like_retnet": <a RetNet model spec as above>,
+    # ...TransformerConfig overrides}: the Transformer of that RetNet's size (transformer_config_like).
+    model: dict
     train_sources: list[tuple[str, float]]  # (npz path, weight)
+    arch: str = "retnet"  # one of MODEL_CLASSES
     eval_sources: list[str] = field(default_factory=list)
     batch_size: int = 16  # per device, per micro-step
     grad_accum: int = 1
@@ -58,6 +66,10 @@ class TrainConfig:
     seed: int = 0
     tokenizer_file: str | None = None  # copied into each checkpoint
 
+    def __post_init__(self) -> None:
+        if self.arch not in MODEL_CLASSES:
+            raise ValueError(f"TrainConfig.arch must be one of {tuple(MODEL_CLASSES)}, got {self.arch!r}")
+
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         data = json.loads(Path(path).read_text())
@@ -68,10 +80,23 @@ class TrainConfig:
         data["train_sources"] = [tuple(s) for s in data["train_sources"]]
         return cls(**data)
 
-    def model_config(self) -> RetNetConfig:
+    def model_config(self) -> RetNetConfig | TransformerConfig:
+        if self.arch == "retnet":
+            return _retnet_config(self.model)
         spec = dict(self.model)
-        preset = spec.pop("preset", None)
-        return RetNetConfig.from_preset(preset, **spec) if preset else RetNetConfig(**spec)
+        like = spec.pop("like_retnet", None)
+        if like is not None:
+            return transformer_config_like(_retnet_config(like), **spec)
+        return TransformerConfig.from_dict(spec)
+
+    def build_model(self) -> nn.Module:
+        return MODEL_CLASSES[self.arch](self.model_config())
+
+
+def _retnet_config(spec: dict) -> RetNetConfig:
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    return RetNetConfig.from_preset(preset, **spec) if preset else RetNetConfig.from_dict(spec)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -116,7 +141,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
-        self.model = RetNetForCausalLM(cfg.model_config()).to(self.device)
+        self.model = cfg.build_model().to(self.device)
         self.loss_fn = LMLoss(self.model, cfg.chunk_size)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
