@@ -52,8 +52,8 @@ def test_evaluate_command(tiny_model_dir, tmp_path, capsys):
     assert len(read_episodes(path, limit=1)) == 1
     out_json = tmp_path / "res.json"
     assert main(["--model", str(tiny_model_dir), "--episodes", str(path), "--rank", "given", "--max-new-tokens",
-                 "3", "--json", str(out_json)]) == 0
+                 "3", "--settings", "layouts", "--quiet", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "| layout |" in out and "(best)" in out and "man_option" in out
-    assert set(json.loads(out_json.read_text())) == set(L.LAYOUTS)
+    assert "| layout |" in out and "man_option" in out
+    assert set(json.loads(out_json.read_text())["results"]["layouts"]) == set(L.LAYOUTS)
     assert main(["--episodes", str(tmp_path / "none.jsonl")]) == 1

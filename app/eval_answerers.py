@@ -1,0 +1,84 @@
+"""Answerers: one interface over the models the evaluation compares.
+
+An answerer answers one question from given passages (best first; empty for closed book) with a
+given prompt layout, greedily, from nothing read before, and says how many prompt tokens it read.
+``RetNetAnswerer`` does exactly what the app does for a one-shot question (app.layout +
+app.encoder + app.decoder); the same-size Transformer baseline lives in ``app.baseline``.
+``load_answerer`` picks the class from the model directory's config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .defaults import default_model_dir
+from .errors import ModelNotFoundError
+from .layout import PassageText
+
+TRANSFORMER_MODEL_TYPE = "transformer-baseline"
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    name: str
+
+    def answer(self, question: str, passages: list[PassageText], layout: str,
+               max_new_tokens: int) -> tuple[str, int]:
+        """Greedy answer text and the number of prompt tokens."""
+        ...
+
+
+class RetNetAnswerer:
+    """The app's reader: lay out the turn, ingest it from an empty state, decode greedily."""
+
+    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", *, reader=None,
+                 name: str | None = None):
+        from .encoder import Reader
+
+        self.reader = reader if reader is not None else Reader.from_pretrained(model_dir, device=device, cache=None)
+        self.model = self.reader.model
+        self.name = name or (getattr(self.model.config, "extra", None) or {}).get("name") or _model_name(model_dir)
+        self._root = self.reader.root_key()
+
+    def answer(self, question: str, passages: Sequence[PassageText], layout: str,
+               max_new_tokens: int) -> tuple[str, int]:
+        from .decoder import AnswerStream
+
+        reader = self.reader
+        turn = reader.layout_turn(question, list(passages), first_turn=True, layout=layout)
+        ing = reader.ingest(turn, reader.new_state(), self._root)
+        cfg = reader.sampling_config(max_new_tokens=max_new_tokens, temperature=0.0)
+        return AnswerStream(reader, ing.state, ing.logits, ing.key, sampling=cfg).result().text, ing.prompt_tokens
+
+
+def _model_name(model_dir: str | Path | None) -> str:
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    return path.resolve().name or "retnet"
+
+
+def read_model_config(model_dir: str | Path | None) -> dict:
+    """config.json of a model directory (default: the bundled model), with clear errors."""
+    path = Path(model_dir).expanduser() if model_dir is not None else default_model_dir()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model directory {path} does not exist")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"cannot read {cfg}: {e}") from None
+
+
+def load_answerer(model_dir: str | Path | None = None, device: str = "cpu") -> Answerer:
+    """The answerer for a model directory: ``model_type == "transformer-baseline"`` -> the
+    Transformer baseline (app.baseline.TransformerAnswerer), anything else -> the RetNet reader."""
+    config = read_model_config(model_dir)
+    if config.get("model_type") == TRANSFORMER_MODEL_TYPE:
+        from .baseline import TransformerAnswerer
+
+        return TransformerAnswerer(model_dir, device=device)
+    return RetNetAnswerer(model_dir, device=device)
