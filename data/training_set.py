@@ -8,6 +8,13 @@ episode (so every layout the app offers is trained) and a random number of
 distractors (1 to all). Episodes are packed back to back into rows; the loss
 covers only the answers (and their end marker). Pretraining text is cut into
 rows with the loss on every token.
+
+Repeat rows (``text_repeat_{split}.npz``) are text with every segment read twice, a random gap
+apart, loss on every token: the second copy can only be predicted by copying from the state, so
+they reward in-context recall on every token instead of a few answer tokens per episode.
+
+Multi-question sessions (data.sessions) are a second QA source: the passages of several
+episodes read once, then every question asked in its own turn (``qa_multi_{split}.npz``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.layout import LAYOUTS, PassageText, encode_turn
+from data.sessions import group_sessions, lay_out_session
 
 log = logging.getLogger(__name__)
 _TOKENIZER = None
@@ -50,6 +58,31 @@ def lay_out(args: tuple[dict, int, int, int]) -> tuple[list[int], list[bool]]:
     return turn.ids, turn.target_mask()
 
 
+def lay_out_multi(args: tuple[list[dict], int, int, int]) -> tuple[list[int], list[bool]]:
+    """One multi-question session -> (ids, target mask); empty if it cannot fit max_tokens."""
+    session, seed, max_chunk, max_tokens = args
+    return lay_out_session(_TOKENIZER, session, seed, max_chunk, max_tokens)
+
+
+def repeat_rows(stream: np.ndarray, n_rows: int, row_length: int, seed: int) -> np.ndarray:
+    """Rows of ``segment, gap, segment`` triples cut from a token stream (segments of 16-768
+    tokens, log-uniform; gaps of 0-256 tokens of other text)."""
+    rng = np.random.default_rng(seed)
+    width = row_length + 1
+    rows = np.empty((n_rows, width), dtype=stream.dtype)
+    for r in range(n_rows):
+        parts, filled = [], 0
+        while filled < width:
+            length = int(np.exp(rng.uniform(np.log(16), np.log(768))))
+            gap = int(rng.integers(0, 257))
+            start, gap_start = rng.integers(0, len(stream) - length), rng.integers(0, len(stream) - gap)
+            segment = stream[start : start + length]
+            parts += [segment, stream[gap_start : gap_start + gap], segment]
+            filled += 2 * length + gap
+        rows[r] = np.concatenate(parts)[:width]
+    return rows
+
+
 def pack(examples, row_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Greedy packing of (ids, mask) examples into rows of row_length + 1 tokens (input + shifted target)."""
     width = row_length + 1
@@ -57,7 +90,7 @@ def pack(examples, row_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray
     cur_ids: list[int] = []
     cur_mask: list[bool] = []
     for ids, mask in examples:
-        if len(ids) > width:
+        if not ids or len(ids) > width:
             continue  # an episode longer than a row is dropped rather than cut mid-answer
         if len(cur_ids) + len(ids) > width:
             rows.append(cur_ids + [pad_id] * (width - len(cur_ids)))
@@ -96,12 +129,22 @@ def build(build_dir: Path, out: Path, tokenizer_file: Path, row_length: int, wor
             laid = list(tqdm(pool.map(lay_out, jobs, chunksize=256), total=len(jobs), desc=f"layout {split}"))
         tokens, mask = pack(laid, row_length, pad_id)
         np.savez(out / f"qa_{split}.npz", tokens=tokens, loss_mask=mask)
+        sessions = group_sessions(episodes, seed + (split == "eval"))
+        jobs = [(s, seed * 1_000_003 + i, max_chunk, row_length + 1) for i, s in enumerate(sessions)]
+        with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(tokenizer_file),)) as pool:
+            multi = list(tqdm(pool.map(lay_out_multi, jobs, chunksize=64), total=len(jobs), desc=f"sessions {split}"))
+        multi_tokens, multi_mask = pack(multi, row_length, pad_id)
+        np.savez(out / f"qa_multi_{split}.npz", tokens=multi_tokens, loss_mask=multi_mask)
         with np.load(build_dir / "pretrain" / f"{split}.npz") as data:
             stream = data["tokens"]
         n = len(stream) // (row_length + 1)
         np.savez(out / f"text_{split}.npz", tokens=stream[: n * (row_length + 1)].reshape(n, row_length + 1))
+        n_repeat = n if split == "train" else max(1, n // 4)
+        np.savez(out / f"text_repeat_{split}.npz", tokens=repeat_rows(stream, n_repeat, row_length, seed + 7))
         summary[split] = {"episodes": len(episodes), "qa_rows": len(tokens), "qa_target_tokens": int(mask.sum()),
-                          "text_rows": n, "text_tokens": n * (row_length + 1)}
+                          "sessions": len(sessions), "sessions_kept": sum(bool(ids) for ids, _ in multi),
+                          "multi_rows": len(multi_tokens), "multi_target_tokens": int(multi_mask.sum()),
+                          "text_rows": n, "text_tokens": n * (row_length + 1), "repeat_rows": n_repeat}
         print(split, summary[split], flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

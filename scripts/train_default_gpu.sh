@@ -1,27 +1,54 @@
 #!/usr/bin/env bash
-# Train the default reader on one GPU (run from the repo root on the GPU machine).
-#   MINUTES=12 bash scripts/train_default_gpu.sh    # builds /tmp/train, probes speed, trains in the background
-# Needs data/build/{pretrain,episodes,tokenizer} from the corpus builder (see data/corpus/README.md).
+# Train a reader model on one GPU in the background (run from the repo root on the GPU machine).
+#
+#   MINUTES=12 bash scripts/train_default_gpu.sh          # the default RetNet reader, data/train_default.json
+#   CONFIG=data/train_baseline.json STEPS=4000 NAME=tf bash scripts/train_default_gpu.sh
+#   CONFIG=data/train_baseline.json MINUTES=20 MAX_STEPS=7961 NAME=tf bash ...   # time budget, capped
+#   NPROC=2 BATCH=8 MINUTES=10 bash scripts/train_default_gpu.sh     # DDP on 2 GPUs, global batch 16
+#
+# Builds the token rows once into /tmp/train (needs data/build/{pretrain,episodes,tokenizer} from the
+# corpus builder, see data/corpus/README.md). Without STEPS it probes the throughput for 60 steps and
+# sizes max_steps to MINUTES. Output: /tmp/run_$NAME/last, log /tmp/train_$NAME.log, pid /tmp/train_$NAME.pid.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
+CONFIG=${CONFIG:-data/train_default.json}
+NAME=${NAME:-retnet}
 MINUTES=${MINUTES:-12}
-LOG=${LOG:-/tmp/train.log}
-python3 -m data.training_set --build-dir data/build --out /tmp/train --row-length 2048 --workers "$(nproc)" \
-    --max-distractors 7 2>&1 | grep -v '^layout' || true
+ROW=${ROW:-4096}
+NPROC=${NPROC:-1}          # GPUs: more than one trains with DDP through torchrun
+BATCH=${BATCH:-}           # per-GPU batch (default: the config's)
+if [ "$NPROC" -gt 1 ]; then TRAIN="torchrun --standalone --nproc-per-node $NPROC -m retnet.train"
+else TRAIN="python3 -m retnet.train"; fi
+LOG=/tmp/train_$NAME.log
+if [ ! -f /tmp/train/summary.json ]; then
+    python3 -m data.training_set --build-dir data/build --out /tmp/train --row-length "$ROW" --workers "$(nproc)" \
+        --max-distractors 16 2>&1 | grep -v '^layout\|^sessions' || true
+fi
 cat /tmp/train/summary.json
-# Probe throughput for 60 steps (the last 10 after warm-up), then size max_steps to the time budget.
-python3 -m retnet.train --config data/train_default.json --max-steps 60 --out-dir /tmp/probe | grep tokens_per_s | tail -1 > /tmp/probe.json
-STEPS=$(python3 -c "
-import json; r = json.load(open('/tmp/probe.json')); tps = r['tokens_per_s']
-cfg = json.load(open('data/train_default.json')); print(int($MINUTES * 60 * tps / (cfg['batch_size'] * 2047)))")
-echo "probe: $(cat /tmp/probe.json) -> max_steps=$STEPS"
-python3 - "$STEPS" <<'PY'
+if [ -z "${STEPS:-}" ]; then
+    python3 - "$CONFIG" "${BATCH:-0}" > "/tmp/probe_config_$NAME.json" <<'PY'
 import json, sys
-cfg = json.load(open("data/train_default.json"))
-cfg["max_steps"] = int(sys.argv[1])
-cfg["warmup_steps"] = min(cfg["warmup_steps"], cfg["max_steps"] // 10)
-json.dump(cfg, open("/tmp/train_config.json", "w"), indent=1)
+cfg = json.load(open(sys.argv[1]))
+cfg["batch_size"] = int(sys.argv[2]) or cfg["batch_size"]
+print(json.dumps(cfg))
 PY
-setsid nohup python3 -m retnet.train --config /tmp/train_config.json > "$LOG" 2>&1 < /dev/null &
-echo $! > /tmp/train.pid
-echo "training started, log at $LOG"
+    $TRAIN --config "/tmp/probe_config_$NAME.json" --max-steps 60 --out-dir "/tmp/probe_$NAME" \
+        | grep tokens_per_s | tail -1 > "/tmp/probe_$NAME.json"
+    STEPS=$(python3 -c "
+import json; tps = json.load(open('/tmp/probe_$NAME.json'))['tokens_per_s']
+print(int($MINUTES * 60 * tps / (json.load(open('/tmp/probe_config_$NAME.json'))['batch_size'] * $ROW * $NPROC)))")
+    echo "probe: $(cat "/tmp/probe_$NAME.json") -> max_steps=$STEPS"
+    if [ -n "${MAX_STEPS:-}" ] && [ "$STEPS" -gt "$MAX_STEPS" ]; then STEPS=$MAX_STEPS; fi
+fi
+python3 - "$CONFIG" "$STEPS" "/tmp/run_$NAME" "${BATCH:-0}" > "/tmp/config_$NAME.json" <<'PY'
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg["batch_size"] = int(sys.argv[4]) or cfg["batch_size"]
+cfg["max_steps"] = int(sys.argv[2])
+cfg["warmup_steps"] = min(cfg["warmup_steps"], cfg["max_steps"] // 10)
+cfg["out_dir"] = sys.argv[3]
+print(json.dumps(cfg, indent=1))
+PY
+setsid nohup $TRAIN --config "/tmp/config_$NAME.json" > "$LOG" 2>&1 < /dev/null &
+echo $! > "/tmp/train_$NAME.pid"
+echo "training $NAME for $STEPS steps started, log at $LOG"
