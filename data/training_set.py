@@ -9,9 +9,9 @@ distractors (1 to all). Episodes are packed back to back into rows; the loss
 covers only the answers (and their end marker). Pretraining text is cut into
 rows with the loss on every token.
 
-Repeat rows (``text_repeat_{split}.npz``) are text with every segment read twice, a random gap
-apart, loss on every token: the second copy can only be predicted by copying from the state, so
-they reward in-context recall on every token instead of a few answer tokens per episode.
+Recall rows (data.recall_rows) reward in-context recall on every supervised token instead of a
+few answer tokens per episode: ``text_repeat_{split}.npz`` (text segments read twice) and
+``mqar_{split}.npz`` (token-level multi-query associative recall).
 
 Multi-question sessions (data.sessions) are a second QA source: the passages of several
 episodes read once, then every question asked in its own turn (``qa_multi_{split}.npz``).
@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.layout import LAYOUTS, PassageText, encode_turn
+from data.recall_rows import mqar_rows, repeat_rows
 from data.sessions import group_sessions, lay_out_session
 
 log = logging.getLogger(__name__)
@@ -62,25 +63,6 @@ def lay_out_multi(args: tuple[list[dict], int, int, int]) -> tuple[list[int], li
     """One multi-question session -> (ids, target mask); empty if it cannot fit max_tokens."""
     session, seed, max_chunk, max_tokens = args
     return lay_out_session(_TOKENIZER, session, seed, max_chunk, max_tokens)
-
-
-def repeat_rows(stream: np.ndarray, n_rows: int, row_length: int, seed: int) -> np.ndarray:
-    """Rows of ``segment, gap, segment`` triples cut from a token stream (segments of 16-768
-    tokens, log-uniform; gaps of 0-256 tokens of other text)."""
-    rng = np.random.default_rng(seed)
-    width = row_length + 1
-    rows = np.empty((n_rows, width), dtype=stream.dtype)
-    for r in range(n_rows):
-        parts, filled = [], 0
-        while filled < width:
-            length = int(np.exp(rng.uniform(np.log(16), np.log(768))))
-            gap = int(rng.integers(0, 257))
-            start, gap_start = rng.integers(0, len(stream) - length), rng.integers(0, len(stream) - gap)
-            segment = stream[start : start + length]
-            parts += [segment, stream[gap_start : gap_start + gap], segment]
-            filled += 2 * length + gap
-        rows[r] = np.concatenate(parts)[:width]
-    return rows
 
 
 def pack(examples, row_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +123,8 @@ def build(build_dir: Path, out: Path, tokenizer_file: Path, row_length: int, wor
         np.savez(out / f"text_{split}.npz", tokens=stream[: n * (row_length + 1)].reshape(n, row_length + 1))
         n_repeat = n if split == "train" else max(1, n // 4)
         np.savez(out / f"text_repeat_{split}.npz", tokens=repeat_rows(stream, n_repeat, row_length, seed + 7))
+        mqar_tokens, mqar_mask = mqar_rows(n_repeat, row_length, seed + 11 + (split == "eval"), stream)
+        np.savez(out / f"mqar_{split}.npz", tokens=mqar_tokens, loss_mask=mqar_mask)
         summary[split] = {"episodes": len(episodes), "qa_rows": len(tokens), "qa_target_tokens": int(mask.sum()),
                           "sessions": len(sessions), "sessions_kept": sum(bool(ids) for ids, _ in multi),
                           "multi_rows": len(multi_tokens), "multi_target_tokens": int(multi_mask.sum()),

@@ -5,6 +5,7 @@
 #   CONFIG=data/train_baseline.json STEPS=4000 NAME=tf bash scripts/train_default_gpu.sh
 #   CONFIG=data/train_baseline.json MINUTES=20 MAX_STEPS=7961 NAME=tf bash ...   # time budget, capped
 #   NPROC=2 BATCH=8 MINUTES=10 bash scripts/train_default_gpu.sh     # DDP on 2 GPUs, global batch 16
+#   WARMUP_CONFIG=data/train_warmup.json WARMUP_STEPS=1500 bash ...  # recall warm-up, then the main mix
 #
 # Builds the token rows once into /tmp/train (needs data/build/{pretrain,episodes,tokenizer} from the
 # corpus builder, see data/corpus/README.md). Without STEPS it probes the throughput for 60 steps and
@@ -40,7 +41,8 @@ print(int($MINUTES * 60 * tps / (json.load(open('/tmp/probe_config_$NAME.json'))
     echo "probe: $(cat "/tmp/probe_$NAME.json") -> max_steps=$STEPS"
     if [ -n "${MAX_STEPS:-}" ] && [ "$STEPS" -gt "$MAX_STEPS" ]; then STEPS=$MAX_STEPS; fi
 fi
-python3 - "$CONFIG" "$STEPS" "/tmp/run_$NAME" "${BATCH:-0}" > "/tmp/config_$NAME.json" <<'PY'
+finalize() {  # the config with this run's steps, batch and output folder
+python3 - "$1" "$STEPS" "/tmp/run_$NAME" "${BATCH:-0}" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
 cfg["batch_size"] = int(sys.argv[4]) or cfg["batch_size"]
@@ -49,6 +51,13 @@ cfg["warmup_steps"] = min(cfg["warmup_steps"], cfg["max_steps"] // 10)
 cfg["out_dir"] = sys.argv[3]
 print(json.dumps(cfg, indent=1))
 PY
-setsid nohup $TRAIN --config "/tmp/config_$NAME.json" > "$LOG" 2>&1 < /dev/null &
+}
+finalize "$CONFIG" > "/tmp/config_$NAME.json"
+RUN="$TRAIN --config /tmp/config_$NAME.json"
+if [ -n "${WARMUP_CONFIG:-}" ]; then  # curriculum: the first WARMUP_STEPS on other sources, one schedule
+    finalize "$WARMUP_CONFIG" > "/tmp/config_${NAME}_warmup.json"
+    RUN="$TRAIN --config /tmp/config_${NAME}_warmup.json --until ${WARMUP_STEPS:?set WARMUP_STEPS} && $RUN"
+fi
+setsid nohup bash -c "$RUN" > "$LOG" 2>&1 < /dev/null &
 echo $! > "/tmp/train_$NAME.pid"
 echo "training $NAME for $STEPS steps started, log at $LOG"

@@ -55,6 +55,24 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_curriculum_stages_share_one_schedule(tmp_path):
+    """Stage 1 on one source until step 12, stage 2 resumes on another source to max_steps."""
+    write_rows(tmp_path / "other.npz", seed=5)
+    first = Trainer(config(tmp_path), device="cpu")
+    first.train(until=12)
+    stage2 = config(tmp_path, train_sources=[(str(tmp_path / "other.npz"), 1.0)])
+    second = Trainer(stage2, device="cpu")
+    assert second.step == 12
+    assert torch.equal(second.model.embed.weight, first.model.embed.weight)
+    second.train()
+    assert second.step == 30
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == sorted(steps) and steps[-1] == 30
+    # the schedule continues where stage 1 stopped (no second warm-up)
+    assert next(r["lr"] for r in log if r.get("step") == 15 and "lr" in r) == pytest.approx(lr_at(14, stage2))
+
+
 def test_schedule_and_config_errors(tmp_path):
     cfg = config(tmp_path, max_steps=100, warmup_steps=10)
     assert lr_at(0, cfg) == pytest.approx(cfg.lr / 10)

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 
 from app.layout import END, PASSAGE, marker_ids
 from data import training_set
+from data.recall_rows import END_ID, mqar_example, mqar_rows, repeat_rows
 from data.sessions import MAX_PASSAGES, MAX_QUESTIONS, group_sessions, lay_out_session
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "data" / "tokenizer" / "tokenizer.json"
@@ -120,7 +121,7 @@ def test_pack_rows_keep_examples_whole_and_pad():
 
 def test_repeat_rows_read_every_segment_twice():
     stream = np.arange(100_000, dtype=np.uint32)  # distinct tokens: a copy is found by value
-    rows = training_set.repeat_rows(stream, n_rows=5, row_length=600, seed=1)
+    rows = repeat_rows(stream, n_rows=5, row_length=600, seed=1)
     assert rows.shape == (5, 601)
     for row in rows:
         i, pairs = 0, 0
@@ -138,4 +139,25 @@ def test_repeat_rows_read_every_segment_twice():
                 pairs += 1
             i = j
         assert pairs >= 1
-    assert not (rows[0] == training_set.repeat_rows(stream, 5, 600, seed=2)[0]).all()
+    assert not (rows[0] == repeat_rows(stream, 5, 600, seed=2)[0]).all()
+
+
+@pytest.mark.parametrize("pairs", [1, 2, 7, 64])
+def test_mqar_example_targets_are_the_values_of_the_repeated_keys(pairs):
+    stream = np.random.default_rng(pairs).integers(0, 300, 5000).astype(np.uint16)
+    tokens, target = mqar_example(stream, pairs, np.random.default_rng(0))
+    assert len(tokens) == 4 * pairs + 1 and tokens[-1] == END_ID and target.sum() == pairs
+    context = {int(k): int(v) for k, v in zip(tokens[0 : 2 * pairs : 2], tokens[1 : 2 * pairs : 2], strict=True)}
+    assert len(context) == pairs and min(context) > END_ID + 15  # distinct ordinary keys
+    for i in np.flatnonzero(target):
+        assert i >= 2 * pairs and context[int(tokens[i - 1])] == tokens[i]
+    assert sorted(tokens[2 * pairs : 4 * pairs : 2].tolist()) == sorted(context)  # every key asked once
+
+
+def test_mqar_rows_are_full_and_seeded():
+    stream = np.random.default_rng(1).integers(0, 8192, 20_000).astype(np.uint16)
+    tokens, mask = mqar_rows(3, 500, seed=4, stream=stream)
+    assert tokens.shape == mask.shape == (3, 501) and 0.1 < mask.mean() < 0.25
+    again, _ = mqar_rows(3, 500, seed=4, stream=stream)
+    other, _ = mqar_rows(3, 500, seed=5, stream=stream)
+    assert (tokens == again).all() and not (tokens == other).all()
