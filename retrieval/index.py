@@ -25,8 +25,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
+
+from .errors import RetrievalError
+
+try:
+    import faiss
+except ImportError:  # e.g. the GPU image: embedders, loaders and splitters still work without it
+    faiss = None
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +45,14 @@ _FILE = re.compile(r"index\.(\d+)\.faiss")
 VectorSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
+def _require_faiss() -> None:
+    if faiss is None:
+        raise RetrievalError("collections need the faiss package: pip install faiss-cpu")
+
+
 class VectorIndex:
     def __init__(self, kind: str, dim: int, index: faiss.Index | None = None) -> None:
+        _require_faiss()
         if kind not in INDEX_KINDS:
             raise ValueError(f"index kind must be one of {INDEX_KINDS}, not {kind!r}")
         self.kind = kind
@@ -133,6 +145,7 @@ class VectorIndex:
     @classmethod
     def load(cls, directory: Path, generation: int, kind: str, dim: int) -> VectorIndex | None:
         """The saved index of exactly this generation, or None if absent or unreadable."""
+        _require_faiss()
         path = directory / f"index.{generation}.faiss"
         if not path.exists():
             return None

@@ -263,3 +263,28 @@ def test_open_or_create_while_another_creator_is_slow(data_dir, embedder, monkey
     slow.join(10)
     assert fast.name == "slow" and results == ["slow"]
     assert Collection.list(data_dir) == ["slow"]
+
+
+def test_without_faiss_embedders_still_work_and_collections_say_what_is_missing(tmp_path):
+    """The GPU image has no faiss: the evaluation's hash embedder must import; collections must
+    fail with an error naming the package instead of a NameError."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["faiss"] = None  # makes `import faiss` raise ImportError
+        from retrieval import Collection, HashEmbedder, RetrievalError
+        assert HashEmbedder(16).encode(["a b"]).shape == (1, 16)
+        try:
+            Collection.create("c", {str(tmp_path)!r}, embedder=HashEmbedder(16))
+        except RetrievalError as e:
+            assert "faiss" in str(e), e
+            print("clear error")
+        else:
+            raise SystemExit("a collection was created without faiss")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "clear error" in out.stdout
