@@ -9,16 +9,16 @@ app.encoder + app.decoder); the same-size Transformer baseline lives in ``app.ba
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from retnet import CheckpointError
+from retnet.checkpoint import read_config_dict
+
 from .defaults import default_model_dir
 from .errors import ModelNotFoundError
 from .layout import PassageText
-
-TRANSFORMER_MODEL_TYPE = "transformer-baseline"
 
 
 @runtime_checkable
@@ -62,20 +62,17 @@ def _model_name(model_dir: str | Path | None) -> str:
 def read_model_config(model_dir: str | Path | None) -> dict:
     """config.json of a model directory (default: the bundled model), with clear errors."""
     path = Path(model_dir).expanduser() if model_dir is not None else default_model_dir()
-    if not path.is_dir():
-        raise ModelNotFoundError(f"model directory {path} does not exist")
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
     try:
-        return json.loads(cfg.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"cannot read {cfg}: {e}") from None
+        return read_config_dict(path)
+    except CheckpointError as e:
+        raise ModelNotFoundError(str(e)) from None
 
 
 def load_answerer(model_dir: str | Path | None = None, device: str = "cpu") -> Answerer:
     """The answerer for a model directory: ``model_type == "transformer-baseline"`` -> the
     Transformer baseline (app.baseline.TransformerAnswerer), anything else -> the RetNet reader."""
+    from retnet.train.baseline import MODEL_TYPE as TRANSFORMER_MODEL_TYPE
+
     config = read_model_config(model_dir)
     if config.get("model_type") == TRANSFORMER_MODEL_TYPE:
         from .baseline import TransformerAnswerer

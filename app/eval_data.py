@@ -68,9 +68,7 @@ def load_episode_file(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no episodes file {path} (build it with python -m data.corpus.episodes)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        episodes = [json.loads(line) for line in f if line.strip()]
+    episodes = load_jsonl(path)
     for e in episodes:
         missing = {"question", "answer", "passages"} - set(e)
         if missing:

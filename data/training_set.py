@@ -107,14 +107,14 @@ def build(build_dir: Path, out: Path, tokenizer_file: Path, row_length: int, wor
     for split in ("train", "eval"):
         episodes = read_episodes(build_dir, split, limit if split == "train" else None)
         jobs = [(e, seed * 1_000_003 + i, max_chunk, max_distractors) for i, e in enumerate(episodes)]
+        sessions = group_sessions(episodes, seed + (split == "eval"))
+        session_jobs = [(s, seed * 1_000_003 + i, max_chunk, row_length + 1) for i, s in enumerate(sessions)]
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(tokenizer_file),)) as pool:
             laid = list(tqdm(pool.map(lay_out, jobs, chunksize=256), total=len(jobs), desc=f"layout {split}"))
+            multi = list(tqdm(pool.map(lay_out_multi, session_jobs, chunksize=64), total=len(session_jobs),
+                              desc=f"sessions {split}"))
         tokens, mask = pack(laid, row_length, pad_id)
         np.savez(out / f"qa_{split}.npz", tokens=tokens, loss_mask=mask)
-        sessions = group_sessions(episodes, seed + (split == "eval"))
-        jobs = [(s, seed * 1_000_003 + i, max_chunk, row_length + 1) for i, s in enumerate(sessions)]
-        with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(tokenizer_file),)) as pool:
-            multi = list(tqdm(pool.map(lay_out_multi, jobs, chunksize=64), total=len(jobs), desc=f"sessions {split}"))
         multi_tokens, multi_mask = pack(multi, row_length, pad_id)
         np.savez(out / f"qa_multi_{split}.npz", tokens=multi_tokens, loss_mask=multi_mask)
         with np.load(build_dir / "pretrain" / f"{split}.npz") as data:

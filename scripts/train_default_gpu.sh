@@ -26,23 +26,8 @@ if [ ! -f /tmp/train/summary.json ]; then
         --max-distractors 16 2>&1 | grep -v '^layout\|^sessions' || true
 fi
 cat /tmp/train/summary.json
-if [ -z "${STEPS:-}" ]; then
-    python3 - "$CONFIG" "${BATCH:-0}" > "/tmp/probe_config_$NAME.json" <<'PY'
-import json, sys
-cfg = json.load(open(sys.argv[1]))
-cfg["batch_size"] = int(sys.argv[2]) or cfg["batch_size"]
-print(json.dumps(cfg))
-PY
-    $TRAIN --config "/tmp/probe_config_$NAME.json" --max-steps 60 --out-dir "/tmp/probe_$NAME" \
-        | grep tokens_per_s | tail -1 > "/tmp/probe_$NAME.json"
-    STEPS=$(python3 -c "
-import json; tps = json.load(open('/tmp/probe_$NAME.json'))['tokens_per_s']
-print(int($MINUTES * 60 * tps / (json.load(open('/tmp/probe_config_$NAME.json'))['batch_size'] * $ROW * $NPROC)))")
-    echo "probe: $(cat "/tmp/probe_$NAME.json") -> max_steps=$STEPS"
-    if [ -n "${MAX_STEPS:-}" ] && [ "$STEPS" -gt "$MAX_STEPS" ]; then STEPS=$MAX_STEPS; fi
-fi
-finalize() {  # the config with this run's steps, batch and output folder
-python3 - "$1" "$STEPS" "/tmp/run_$NAME" "${BATCH:-0}" <<'PY'
+finalize() {  # config steps out_dir: the config with this run's steps, per-GPU batch and output folder
+python3 - "$1" "$2" "$3" "${BATCH:-0}" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
 cfg["batch_size"] = int(sys.argv[4]) or cfg["batch_size"]
@@ -52,10 +37,19 @@ cfg["out_dir"] = sys.argv[3]
 print(json.dumps(cfg, indent=1))
 PY
 }
-finalize "$CONFIG" > "/tmp/config_$NAME.json"
+if [ -z "${STEPS:-}" ]; then
+    finalize "$CONFIG" 60 "/tmp/probe_$NAME" > "/tmp/probe_config_$NAME.json"
+    $TRAIN --config "/tmp/probe_config_$NAME.json" | grep tokens_per_s | tail -1 > "/tmp/probe_$NAME.json"
+    STEPS=$(python3 -c "
+import json; tps = json.load(open('/tmp/probe_$NAME.json'))['tokens_per_s']
+print(int($MINUTES * 60 * tps / (json.load(open('/tmp/probe_config_$NAME.json'))['batch_size'] * $ROW * $NPROC)))")
+    echo "probe: $(cat "/tmp/probe_$NAME.json") -> max_steps=$STEPS"
+    if [ -n "${MAX_STEPS:-}" ] && [ "$STEPS" -gt "$MAX_STEPS" ]; then STEPS=$MAX_STEPS; fi
+fi
+finalize "$CONFIG" "$STEPS" "/tmp/run_$NAME" > "/tmp/config_$NAME.json"
 RUN="$TRAIN --config /tmp/config_$NAME.json"
 if [ -n "${WARMUP_CONFIG:-}" ]; then  # curriculum: the first WARMUP_STEPS on other sources, one schedule
-    finalize "$WARMUP_CONFIG" > "/tmp/config_${NAME}_warmup.json"
+    finalize "$WARMUP_CONFIG" "$STEPS" "/tmp/run_$NAME" > "/tmp/config_${NAME}_warmup.json"
     RUN="$TRAIN --config /tmp/config_${NAME}_warmup.json --until ${WARMUP_STEPS:?set WARMUP_STEPS} && $RUN"
 fi
 setsid nohup bash -c "$RUN" > "$LOG" 2>&1 < /dev/null &
