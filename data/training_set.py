@@ -10,7 +10,8 @@ covers only the answers (and their end marker). Pretraining text is cut into
 rows with the loss on every token.
 
 Recall rows (data.recall_rows) reward in-context recall on every supervised token instead of a
-few answer tokens per episode: ``text_repeat_{split}.npz`` (text segments read twice) and
+few answer tokens per episode: ``text_repeat_{split}.npz`` (text segments read twice),
+``text_repeat_short_{split}.npz`` (short segments, the easy start of a copy curriculum) and
 ``mqar_{split}.npz`` (token-level multi-query associative recall).
 
 Multi-question sessions (data.sessions) are a second QA source: the passages of several
@@ -123,6 +124,8 @@ def build(build_dir: Path, out: Path, tokenizer_file: Path, row_length: int, wor
         np.savez(out / f"text_{split}.npz", tokens=stream[: n * (row_length + 1)].reshape(n, row_length + 1))
         n_repeat = n if split == "train" else max(1, n // 4)
         np.savez(out / f"text_repeat_{split}.npz", tokens=repeat_rows(stream, n_repeat, row_length, seed + 7))
+        np.savez(out / f"text_repeat_short_{split}.npz",
+                 tokens=repeat_rows(stream, n_repeat, row_length, seed + 13, segment=(8, 64), max_gap=32))
         mqar_tokens, mqar_mask = mqar_rows(n_repeat, row_length, seed + 11 + (split == "eval"), stream)
         np.savez(out / f"mqar_{split}.npz", tokens=mqar_tokens, loss_mask=mqar_mask)
         summary[split] = {"episodes": len(episodes), "qa_rows": len(tokens), "qa_target_tokens": int(mask.sum()),

@@ -5,7 +5,8 @@
 #   CONFIG=data/train_baseline.json STEPS=4000 NAME=tf bash scripts/train_default_gpu.sh
 #   CONFIG=data/train_baseline.json MINUTES=20 MAX_STEPS=7961 NAME=tf bash ...   # time budget, capped
 #   NPROC=2 BATCH=8 MINUTES=10 bash scripts/train_default_gpu.sh     # DDP on 2 GPUs, global batch 16
-#   WARMUP_CONFIG=data/train_warmup.json WARMUP_STEPS=1500 bash ...  # recall warm-up, then the main mix
+#   WARMUP_CONFIG=data/train_warmup.json WARMUP_STEPS=1000 bash ...  # copy warm-up, then the main mix
+#   (WARMUP_CONFIG only replaces CONFIG's train_sources, so it serves the RetNet and the baseline alike)
 #
 # Builds the token rows once into /tmp/train (needs data/build/{pretrain,episodes,tokenizer} from the
 # corpus builder, see data/corpus/README.md). Without STEPS it probes the throughput for 60 steps and
@@ -26,10 +27,13 @@ if [ ! -f /tmp/train/summary.json ]; then
         --max-distractors 16 2>&1 | grep -v '^layout\|^sessions' || true
 fi
 cat /tmp/train/summary.json
-finalize() {  # config steps out_dir: the config with this run's steps, per-GPU batch and output folder
-python3 - "$1" "$2" "$3" "${BATCH:-0}" <<'PY'
+finalize() {  # config steps out_dir [sources]: the config with this run's steps, per-GPU batch, output
+              # folder, and (for a curriculum stage) the train_sources of another JSON file
+python3 - "$1" "$2" "$3" "${BATCH:-0}" "${4:-}" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
+if sys.argv[5]:
+    cfg["train_sources"] = json.load(open(sys.argv[5]))["train_sources"]
 cfg["batch_size"] = int(sys.argv[4]) or cfg["batch_size"]
 cfg["max_steps"] = int(sys.argv[2])
 cfg["warmup_steps"] = min(cfg["warmup_steps"], cfg["max_steps"] // 10)
@@ -49,7 +53,7 @@ fi
 finalize "$CONFIG" "$STEPS" "/tmp/run_$NAME" > "/tmp/config_$NAME.json"
 RUN="$TRAIN --config /tmp/config_$NAME.json"
 if [ -n "${WARMUP_CONFIG:-}" ]; then  # curriculum: the first WARMUP_STEPS on other sources, one schedule
-    finalize "$WARMUP_CONFIG" "$STEPS" "/tmp/run_$NAME" > "/tmp/config_${NAME}_warmup.json"
+    finalize "$CONFIG" "$STEPS" "/tmp/run_$NAME" "$WARMUP_CONFIG" > "/tmp/config_${NAME}_warmup.json"
     RUN="$TRAIN --config /tmp/config_${NAME}_warmup.json --until ${WARMUP_STEPS:?set WARMUP_STEPS} && $RUN"
 fi
 setsid nohup bash -c "$RUN" > "$LOG" 2>&1 < /dev/null &

@@ -39,6 +39,8 @@ def test_loss_falls_and_checkpoint_loads(tmp_path):
     assert trainer.evaluate() < 0.7 * first
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("eval_loss" in r for r in log) and all(r.get("tokens_per_s", 1) > 0 for r in log)
+    evals = [r for r in log if "eval_loss" in r]
+    assert all(set(r["eval_sources"]) == {"eval"} and r["eval_sources"]["eval"] == r["eval_loss"] for r in evals)
     model = RetNetForCausalLM.from_pretrained(tmp_path / "run" / "last")
     assert torch.equal(model.embed.weight, trainer.model.embed.weight)
 

@@ -197,23 +197,34 @@ class Trainer:
                 start, start_step = time.perf_counter(), self.step
                 self.log(last)
             if self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
-                self.log({"step": self.step, "eval_loss": round(self.evaluate(), 4)})
+                per_source = self.evaluate_sources()
+                self.log({"step": self.step, "eval_loss": round(sum(per_source.values()) / len(per_source), 4),
+                          "eval_sources": {name: round(v, 4) for name, v in per_source.items()}})
             if self.step % cfg.save_every == 0 or self.step == stop:
                 self.save(self.out / "last")
         return last
 
-    @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean held-out loss over the eval sources (each source weighs the same)."""
+        per_source = self.evaluate_sources()
+        return sum(per_source.values()) / max(1, len(per_source))
+
+    @torch.no_grad()
+    def evaluate_sources(self) -> dict[str, float]:
+        """Held-out loss per eval source, keyed by file stem: a copy or recall skill shows up in its
+        own source (e.g. ``text_repeat_eval``) long before it moves the mean."""
         self.model.eval()
-        losses = []
-        for rows in self.eval_rows:
+        out = {}
+        for path, rows in zip(self.cfg.eval_sources, self.eval_rows):
+            losses = []
             for i in range(0, min(len(rows), self.cfg.eval_batches * self.cfg.batch_size), self.cfg.batch_size):
                 tokens = torch.from_numpy(rows.tokens[i:i + self.cfg.batch_size].astype("int64")).to(self.device)
                 mask = torch.from_numpy(rows.loss_mask[i:i + self.cfg.batch_size]).to(self.device)
                 with self.autocast():
                     losses.append(LMLoss(self.model, self.cfg.chunk_size)(tokens, mask).item())
+            out[Path(path).stem] = sum(losses) / max(1, len(losses))
         self.model.train()
-        return sum(losses) / max(1, len(losses))
+        return out
 
     def log(self, record: dict) -> None:
         if not self.is_main:

@@ -142,6 +142,24 @@ def test_repeat_rows_read_every_segment_twice():
     assert not (rows[0] == repeat_rows(stream, 5, 600, seed=2)[0]).all()
 
 
+def test_short_repeat_rows_keep_segment_and_gap_bounds():
+    stream = np.arange(100_000, dtype=np.uint32)
+    row = repeat_rows(stream, n_rows=1, row_length=2000, seed=3, segment=(8, 64), max_gap=32)[0]
+    runs = np.split(row, np.flatnonzero(np.diff(row.astype(np.int64)) != 1) + 1)[:-1]  # the last run may be cut
+    assert len(runs) >= 3 * 10
+    i = 0
+    while i + 1 < len(runs):  # segment, (gap,) copy of the segment
+        seg = runs[i]
+        assert 8 <= len(seg) < 64
+        if (runs[i + 1] == seg).all() if len(runs[i + 1]) == len(seg) else False:
+            i += 2
+        else:
+            assert len(runs[i + 1]) <= 32 and (runs[i + 2] == seg).all()
+            i += 3
+    with pytest.raises(ValueError, match="segment lengths"):
+        repeat_rows(stream, 1, 100, seed=0, segment=(10, 5))
+
+
 @pytest.mark.parametrize("pairs", [1, 2, 7, 64])
 def test_mqar_example_targets_are_the_values_of_the_repeated_keys(pairs):
     stream = np.random.default_rng(pairs).integers(0, 300, 5000).astype(np.uint16)
