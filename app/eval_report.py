@@ -7,12 +7,21 @@ A report is a plain dict (also the JSON file)::
      "targets": [...]}
 
 where a summary comes from app.eval_score.summarize.
+
+Reports of separate runs with the same settings (models evaluated in parallel processes or on
+different machines) merge into one side-by-side report::
+
+    python -m app.eval_report retnet=a.json transformer=b.json --markdown eval.md --json eval.json --plot eval.png
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from pathlib import Path
+
+from retnet.io import atomic_write_text
 
 MAIN_DISTRACTORS = "4"
 TARGETS = (
@@ -27,6 +36,7 @@ TITLES = {
     "distractors": "Number of distractors (gold + exactly N)",
     "mqar": "MQAR-style recall (N synthetic key-value facts, one asked)",
 }
+RUN_ONLY = ("seconds", "device")  # config entries that may differ between runs that merge
 ROW_HEADS = {"layouts": "layout", "closed-book": "episodes", "distractors": "distractors", "mqar": "key-value pairs"}
 
 
@@ -188,3 +198,82 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_outputs(report: dict, markdown_path: Path | None, json_path: Path | None, plot_path: Path | None) -> None:
+    """Print the markdown tables; write them, the JSON report and the plot where asked (atomically)."""
+    text = markdown(report)
+    print(text)
+    if markdown_path:
+        atomic_write_text(markdown_path, text + "\n")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report, indent=1))
+    if plot_path:
+        plot(report, plot_path)
+
+
+def merge_reports(reports: list[dict], names: list[str | None] | None = None) -> dict:
+    """One side-by-side report from reports of single runs made with the same settings.
+
+    ``names[i]`` (optional) renames the one model of ``reports[i]``. Raises ValueError when the
+    settings differ (other episodes, seed, limit, layout...) or two models share a name."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    names = names or [None] * len(reports)
+
+    def settings(report: dict) -> dict:  # what decides the items and the answers (not time or hardware)
+        return {k: v for k, v in report["config"].items() if k not in RUN_ONLY}
+
+    config = settings(reports[0]) | {k: sorted({str(r["config"].get(k)) for r in reports}) for k in RUN_ONLY}
+    merged = {"config": config, "models": [], "results": {}}
+    for i, (report, name) in enumerate(zip(reports, names, strict=True)):
+        if settings(report) != settings(reports[0]):
+            diff = sorted(k for k in set(settings(report)) | set(settings(reports[0]))
+                          if settings(report).get(k) != settings(reports[0]).get(k))
+            raise ValueError(f"report {i + 1} was made with other settings ({', '.join(diff)}); "
+                             "only runs of the same evaluation can be merged")
+        rename = {}
+        if name is not None:
+            if len(report["models"]) != 1:
+                raise ValueError(f"report {i + 1} holds {len(report['models'])} models; a new name needs exactly one")
+            rename = {report["models"][0]["name"]: name}
+        for model in report["models"]:
+            model = {**model, "name": rename.get(model["name"], model["name"])}
+            if any(m["name"] == model["name"] for m in merged["models"]):
+                raise ValueError(f"two models are named {model['name']!r}: rename one (NAME=report.json)")
+            merged["models"].append(model)
+        for setting, points in report["results"].items():
+            for label, point in points.items():
+                target = merged["results"].setdefault(setting, {}).setdefault(
+                    label, {k: v for k, v in point.items() if k != "models"} | {"models": {}})
+                for model_name, summary in point["models"].items():
+                    target["models"][rename.get(model_name, model_name)] = summary
+    merged["targets"] = check_targets(merged["results"], [m["name"] for m in merged["models"]])
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Merge reader-evaluation reports (app.evaluate --json) side by side.")
+    ap.add_argument("reports", nargs="+", help="report JSON files, each optionally NAME=FILE to rename its one model")
+    ap.add_argument("--json", type=Path, help="write the merged report here")
+    ap.add_argument("--markdown", type=Path, help="write the markdown tables here")
+    ap.add_argument("--plot", type=Path, help="write the two-panel plot here")
+    args = ap.parse_args(argv)
+    reports, names = [], []
+    for spec in args.reports:
+        name, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            ap.error(f"cannot read report {path}: {e}")
+        names.append(name or None)
+    try:
+        merged = merge_reports(reports, names)
+    except ValueError as e:
+        ap.error(str(e))
+    write_outputs(merged, args.markdown, args.json, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,7 +29,6 @@ plot (``--plot``): F1 against distractors, MQAR accuracy against key-value pairs
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -189,7 +188,7 @@ def _points(args, episodes: list[dict], all_episodes: list[dict], config: dict) 
 def main(argv: list[str] | None = None) -> int:
     from .defaults import configure_threads
     from .errors import ModelNotFoundError
-    from .eval_report import check_targets, markdown, plot
+    from .eval_report import check_targets, write_outputs
 
     args = build_parser().parse_args(argv)
     dirs = args.model or [None]
@@ -236,14 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": secs, "seconds_per_answer": secs / n if n else None})
     report = {"config": config, "models": models, "results": results,
               "targets": check_targets(results, [a.name for a in answerers])}
-    text = markdown(report)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.plot:
-        plot(report, args.plot)
+    write_outputs(report, args.markdown, args.json, args.plot)
     return 0
 
 

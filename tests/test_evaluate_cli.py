@@ -178,3 +178,43 @@ def test_same_model_twice_gets_two_columns(model_dir, episodes_file, tmp_path):
     assert len(set(names)) == 2
     s = report["results"]["closed-book"]["closed-book"]["models"]
     assert s[names[0]]["records"][0]["output"] == s[names[1]]["records"][0]["output"]  # greedy: deterministic
+
+
+def test_reports_of_separate_runs_merge_side_by_side(model_dir, transformer_dir, episodes_file, tmp_path, capsys):
+    """Two single-model runs merge into what one two-model run would report (models renamed)."""
+    from app.eval_report import main as report_main
+
+    common = ["--episodes", str(episodes_file), "--settings", "closed-book", "distractors", "--distractors", "1",
+              "--max-new-tokens", "3", "--quiet"]
+    for name, d in (("a", model_dir), ("b", transformer_dir)):
+        assert main(["--model", str(d), *common, "--json", str(tmp_path / f"{name}.json")]) == 0
+    assert main(["--model", str(model_dir), "--model", str(transformer_dir), *common,
+                 "--json", str(tmp_path / "both.json")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "merged.json"
+    assert report_main([f"reader={tmp_path / 'a.json'}", f"baseline={tmp_path / 'b.json'}", "--json", str(out),
+                        "--markdown", str(tmp_path / "merged.md")]) == 0
+    merged, both = json.loads(out.read_text()), json.loads((tmp_path / "both.json").read_text())
+    assert [m["name"] for m in merged["models"]] == ["reader", "baseline"]
+    rename = dict(zip([m["name"] for m in both["models"]], ["reader", "baseline"], strict=True))
+    for setting, points in both["results"].items():
+        for label, point in points.items():
+            got = merged["results"][setting][label]["models"]
+            assert set(got) == {"reader", "baseline"}
+            for name, summary in point["models"].items():
+                assert got[rename[name]]["f1"] == summary["f1"] and got[rename[name]]["n"] == summary["n"]
+    assert [t["values"]["baseline"]["value"] for t in merged["targets"]] == \
+        [t["values"]["transformer"]["value"] for t in both["targets"]]
+    assert "| reader EM / F1 | baseline EM / F1 |" in (tmp_path / "merged.md").read_text()
+
+
+def test_reports_of_other_settings_or_same_names_do_not_merge(tmp_path):
+    from app.eval_report import merge_reports
+
+    report = {"config": {"seed": 0, "seconds": 1.0}, "models": [{"name": "m"}], "results": {}}
+    other = {**report, "config": {"seed": 1, "seconds": 2.0}}
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):
+        merge_reports([report, other])
+    with pytest.raises(ValueError, match="two models are named 'm'"):
+        merge_reports([report, {**report, "config": {"seed": 0, "seconds": 5.0}}])
+    assert [m["name"] for m in merge_reports([report, report], ["x", "y"])["models"]] == ["x", "y"]

@@ -215,7 +215,7 @@ class Trainer:
         own source (e.g. ``text_repeat_eval``) long before it moves the mean."""
         self.model.eval()
         out = {}
-        for path, rows in zip(self.cfg.eval_sources, self.eval_rows):
+        for path, rows in zip(self.cfg.eval_sources, self.eval_rows, strict=True):
             losses = []
             for i in range(0, min(len(rows), self.cfg.eval_batches * self.cfg.batch_size), self.cfg.batch_size):
                 tokens = torch.from_numpy(rows.tokens[i:i + self.cfg.batch_size].astype("int64")).to(self.device)
