@@ -24,8 +24,8 @@ def repeat_rows(stream: np.ndarray, n_rows: int, row_length: int, seed: int,
     log-uniform in ``segment``; gaps of 0-``max_gap`` tokens of other text).
 
     Short segments with short gaps (``segment=(8, 64), max_gap=32``) are the easy end of the
-    curriculum: a 2-layer RetNet with token shift starts copying them after ~1M tokens on CPU,
-    while long segments alone gave no copying in 217M tokens (NOTES.md)."""
+    curriculum: a tiny model learns to copy short segments within ~2M tokens, long ones barely
+    (benchmarks/copy_toy.py), and the 17M runs with long segments alone never copied (NOTES.md)."""
     if not 1 <= segment[0] <= segment[1] or max_gap < 0:
         raise ValueError(f"segment lengths must satisfy 1 <= min <= max and max_gap >= 0, got {segment}, {max_gap}")
     rng = np.random.default_rng(seed)
