@@ -224,12 +224,13 @@ def merge_reports(reports: list[dict], names: list[str | None] | None = None) ->
     def settings(report: dict) -> dict:  # what decides the items and the answers (not time or hardware)
         return {k: v for k, v in report["config"].items() if k not in RUN_ONLY}
 
-    config = settings(reports[0]) | {k: sorted({str(r["config"].get(k)) for r in reports}) for k in RUN_ONLY}
+    first = settings(reports[0])
+    config = first | {k: sorted({str(r["config"].get(k)) for r in reports}) for k in RUN_ONLY}
     merged = {"config": config, "models": [], "results": {}}
     for i, (report, name) in enumerate(zip(reports, names, strict=True)):
-        if settings(report) != settings(reports[0]):
-            diff = sorted(k for k in set(settings(report)) | set(settings(reports[0]))
-                          if settings(report).get(k) != settings(reports[0]).get(k))
+        own = settings(report)
+        if own != first:
+            diff = sorted(k for k in own.keys() | first.keys() if own.get(k) != first.get(k))
             raise ValueError(f"report {i + 1} was made with other settings ({', '.join(diff)}); "
                              "only runs of the same evaluation can be merged")
         rename = {}

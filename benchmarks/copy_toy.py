@@ -25,6 +25,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reading_probe import token_losses  # noqa: E402  (same folder)
+
 from data.recall_rows import repeat_rows  # noqa: E402
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
 from retnet.train.baseline import TransformerForCausalLM, transformer_config_like  # noqa: E402
@@ -45,15 +47,13 @@ def make_model(arch: str):
     return RetNetForCausalLM(cfg) if arch == "retnet" else TransformerForCausalLM(transformer_config_like(cfg))
 
 
-@torch.no_grad()
 def copy_losses(model, text: np.ndarray, length: int = 20, trials: int = 16) -> tuple[float, float]:
     model.eval()
     rng, first, second = np.random.default_rng(1), [], []
     for _ in range(trials):
         start = int(rng.integers(0, len(text) - length))
         seq = torch.from_numpy(text[start : start + length].astype(np.int64))
-        ids = torch.cat([seq, seq])
-        loss = F.cross_entropy(model(ids[None]).logits[0, :-1], ids[1:], reduction="none")
+        loss = token_losses(model, torch.cat([seq, seq]))
         first.append(loss[: length - 1].mean().item())
         second.append(loss[length:].mean().item())
     model.train()

@@ -13,10 +13,11 @@ STAGE=$(mktemp -d)
 for name in "$@"; do
     python3 - "/tmp/run_$name/last" "$STAGE/$name" <<'PY'
 import sys
+from pathlib import Path
 import torch
 sys.path.insert(0, "benchmarks")
 from reading_probe import load  # RetNet or Transformer baseline, by config.json
-model, tokenizer = load(__import__("pathlib").Path(sys.argv[1]))
+model, tokenizer = load(Path(sys.argv[1]))
 model.to(torch.bfloat16).save_pretrained(sys.argv[2], tokenizer=tokenizer)
 PY
     cp "/tmp/config_$name.json" "$STAGE/$name/train_config.json"

@@ -127,6 +127,11 @@ class LMLoss(nn.Module):
         return per_row.sum() / rows_with_targets  # a batch with no targets gives 0, not NaN
 
 
+def mean_loss(per_source: dict[str, float]) -> float:
+    """The headline held-out loss: every eval source weighs the same."""
+    return sum(per_source.values()) / max(1, len(per_source))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, device: str | None = None):
         self.cfg = cfg
@@ -198,7 +203,7 @@ class Trainer:
                 self.log(last)
             if self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 per_source = self.evaluate_sources()
-                self.log({"step": self.step, "eval_loss": round(sum(per_source.values()) / len(per_source), 4),
+                self.log({"step": self.step, "eval_loss": round(mean_loss(per_source), 4),
                           "eval_sources": {name: round(v, 4) for name, v in per_source.items()}})
             if self.step % cfg.save_every == 0 or self.step == stop:
                 self.save(self.out / "last")
@@ -206,14 +211,14 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean held-out loss over the eval sources (each source weighs the same)."""
-        per_source = self.evaluate_sources()
-        return sum(per_source.values()) / max(1, len(per_source))
+        return mean_loss(self.evaluate_sources())
 
     @torch.no_grad()
     def evaluate_sources(self) -> dict[str, float]:
         """Held-out loss per eval source, keyed by file stem: a copy or recall skill shows up in its
         own source (e.g. ``text_repeat_eval``) long before it moves the mean."""
         self.model.eval()
+        loss_fn = LMLoss(self.model, self.cfg.chunk_size)  # not the DDP wrapper: evaluation has no backward
         out = {}
         for path, rows in zip(self.cfg.eval_sources, self.eval_rows, strict=True):
             losses = []
@@ -221,7 +226,7 @@ class Trainer:
                 tokens = torch.from_numpy(rows.tokens[i:i + self.cfg.batch_size].astype("int64")).to(self.device)
                 mask = torch.from_numpy(rows.loss_mask[i:i + self.cfg.batch_size]).to(self.device)
                 with self.autocast():
-                    losses.append(LMLoss(self.model, self.cfg.chunk_size)(tokens, mask).item())
+                    losses.append(loss_fn(tokens, mask).item())
             out[Path(path).stem] = sum(losses) / max(1, len(losses))
         self.model.train()
         return out

@@ -151,7 +151,7 @@ def test_short_repeat_rows_keep_segment_and_gap_bounds():
     while i + 1 < len(runs):  # segment, (gap,) copy of the segment
         seg = runs[i]
         assert 8 <= len(seg) < 64
-        if (runs[i + 1] == seg).all() if len(runs[i + 1]) == len(seg) else False:
+        if len(runs[i + 1]) == len(seg) and (runs[i + 1] == seg).all():
             i += 2
         else:
             assert len(runs[i + 1]) <= 32 and (runs[i + 2] == seg).all()
