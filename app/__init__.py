@@ -8,8 +8,12 @@
         s.ask("...")
         s.save("chat.session")
 
-Names are imported lazily, so ``import app.layout`` (used by the training-data
-builder) pulls in neither torch nor the retrieval stack.
+The rooms: prompt (the prompt format: the contract with the training data), options
+(AnswerOptions), retrieve (search + re-rank), encoder (the Reader), decoder (AnswerStream),
+session, cache, qa (MultiDocQA), langchain, cli.
+
+Names are resolved on first use (PEP 562) so that ``import app.prompt``, which the
+training-data builders run in many worker processes, does not import torch.
 """
 
 from __future__ import annotations
@@ -17,39 +21,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "MultiDocQA": "qa",
-    "Answer": "types",
-    "Source": "types",
-    "Turn": "types",
-    "Session": "session",
-    "AnswerStream": "decoder",
-    "Reader": "encoder",
-    "PrefixCache": "cache",
-    "AppError": "errors",
-    "EmptyQuestionError": "errors",
-    "QuestionTooLongError": "errors",
-    "ModelNotFoundError": "errors",
-    "CollectionNotFoundError": "errors",
-    "SessionFileError": "errors",
-    "SessionModelMismatchError": "errors",
-    "SessionBusyError": "errors",
-    "LAYOUTS": "layout",
-    "DEFAULT_LAYOUT": "layout",
-    "encode_turn": "layout",
-    "TurnTokens": "layout",
+    "MultiDocQA": "qa", "Answer": "types", "Source": "types", "Turn": "types", "Session": "session",
+    "AnswerStream": "decoder", "Reader": "encoder", "PrefixCache": "cache", "AnswerOptions": "options",
+    "retrieve": "retrieve", "AppError": "errors", "EmptyQuestionError": "errors",
+    "QuestionTooLongError": "errors", "ModelNotFoundError": "errors", "CollectionNotFoundError": "errors",
+    "SessionFileError": "errors", "SessionModelMismatchError": "errors", "LAYOUTS": "prompt",
+    "DEFAULT_LAYOUT": "prompt", "encode_turn": "prompt", "TurnTokens": "prompt",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'app' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

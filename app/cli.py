@@ -1,10 +1,9 @@
-"""The ``retnet-rag`` command: ingest documents, ask questions, chat, serve the UI, convert checkpoints.
+"""The ``retnet-rag`` command: ingest documents, ask questions, chat, list collections, convert checkpoints.
 
     retnet-rag ingest docs/ manual.pdf --collection manuals
     retnet-rag ask "How do I reset it?" --collection manuals
     retnet-rag ask "What does -r do?" --collection samples --add data/samples   # create + ingest + ask
     retnet-rag chat --collection manuals --session chat.session
-    retnet-rag ui --collection manuals
     retnet-rag convert path/to/fla-retnet out/ --source fla
 
 Errors (missing collection or model, empty question, unreadable session file, ...)
@@ -21,8 +20,8 @@ import sys
 from pathlib import Path
 
 from .defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS, EMBEDDERS
-from .errors import AppError, CollectionNotFoundError, EmptyQuestionError
-from .layout import DEFAULT_LAYOUT, LAYOUTS
+from .errors import AppError, EmptyQuestionError
+from .prompt import DEFAULT_LAYOUT, LAYOUTS
 
 PROG = "retnet-rag"
 CHAT_HELP = """commands:
@@ -56,7 +55,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rerank", action="store_true",
                    help="use the embedder's ranking as is (default: re-rank candidates by exact terms too)")
     p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
-                   help=f"how passages and question are laid out (default {DEFAULT_LAYOUT}; see app/layout.py)")
+                   help=f"how passages and question are laid out (default {DEFAULT_LAYOUT}; see app/prompt.py)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS, metavar="N",
@@ -104,24 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", type=Path, metavar="FILE",
                    help="load FILE at start if it exists, and save the conversation there after every turn")
 
-    p = sub.add_parser("ui", help="serve the web chat UI",
-                       description="Serve the Gradio chat UI over a collection.")
-    _collection_args(p, required=False)
-    _model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    from retnet.convert.__main__ import EPILOG, add_arguments
 
-    p = sub.add_parser("convert", help="convert a torchscale or flash-linear-attention checkpoint",
-                       description="Convert a torchscale or flash-linear-attention (fla-hub) RetNet checkpoint "
-                                   "into a retnet-rag model directory (config.json + model.safetensors).")
-    p.add_argument("src", type=Path, help="checkpoint file or directory")
-    p.add_argument("dst", type=Path, help="output model directory")
-    p.add_argument("--source", choices=("auto", "torchscale", "fla"), default="auto",
-                   help="where the checkpoint is from (default: detect)")
-    p.add_argument("--dtype", default=None, help="stored dtype, e.g. float32 or bfloat16 (default: as the source)")
-    p.add_argument("--torchscale-args", type=Path, metavar="JSON",
-                   help="torchscale model arguments (default: torchscale_args.json beside the weights)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    add_arguments(sub.add_parser("convert", help="convert a torchscale or flash-linear-attention checkpoint",
+                                 description="Convert a torchscale or flash-linear-attention (fla-hub) RetNet "
+                                             "checkpoint into a retnet-rag model directory (config.json + "
+                                             "model.safetensors).", epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))
 
     p = sub.add_parser("collections", help="list collections and their documents",
                        description="List the collections in the data directory and their documents.")
@@ -148,20 +136,11 @@ def _question(args) -> str:
 
 def _check_collection_exists(args) -> None:
     """Fail early (before loading a model) for an unknown collection that is not being created."""
-    from retrieval import Collection, default_data_dir, validate_name
+    from .qa import require_collection
 
-    if getattr(args, "add", None):
+    if getattr(args, "add", None) or args.collection is None:
         return
-    if args.collection is None:
-        return
-    validate_name(args.collection)
-    root = args.data_dir or default_data_dir()
-    if args.collection not in Collection.list(root):
-        known = Collection.list(root)
-        raise CollectionNotFoundError(
-            f"no collection {args.collection!r} in {root}"
-            + (f" (there: {', '.join(known)})" if known else " (no collections there yet)")
-            + f"; create it with: {PROG} ingest PATHS --collection {args.collection}  (or add --add PATHS)")
+    require_collection(args.collection, args.data_dir, create_hint="  (or add --add PATHS)")
 
 
 def _embedder(args):
@@ -177,10 +156,13 @@ def _open_qa(args, create: bool):
 
     model, tokenizer = load_model(args.model, args.device)  # a missing model fails before any ingestion
     configure_threads(args.threads, model)
+    from .options import AnswerOptions
+
+    options = AnswerOptions.build(k=args.k, layout=args.layout, max_new_tokens=args.max_new_tokens,
+                                  max_question_tokens=args.max_question_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank)
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=model, tokenizer=tokenizer,
-                      embedder=_embedder(args), create=create, k=args.k, layout=args.layout,
-                      max_new_tokens=args.max_new_tokens, max_question_tokens=args.max_question_tokens,
-                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank)
+                      embedder=_embedder(args), create=create, options=options)
 
 
 def _add(qa, paths) -> None:
@@ -318,46 +300,14 @@ def cmd_chat(args) -> int:
                 session.save(args.session)
 
 
-def cmd_ui(args) -> int:
-    try:
-        import ui.app as ui_app
-    except ImportError as e:
-        missing = getattr(e, "name", "") or ""
-        if missing.startswith("ui"):
-            raise AppError("the web UI is not available in this installation (the 'ui' package has no app "
-                           "module yet); use 'retnet-rag chat' meanwhile") from None
-        raise AppError(f"the web UI needs {missing or 'gradio'}: pip install 'retnet-rag[ui]' ({e})") from None
-    if not hasattr(ui_app, "launch"):
-        raise AppError("the installed ui package has no launch(qa, host, port) function")
-    if args.collection is not None:
-        _check_collection_exists(args)
-    qa = _open_qa(args, create=True) if args.collection else _open_qa_without_collection(args)
-    ui_app.launch(qa, host=args.host, port=args.port)
-    return 0
-
-
-def _open_qa_without_collection(args):
-    args.collection = None
-    return _open_qa(args, create=False)
-
-
 def cmd_convert(args) -> int:
+    from retnet.convert.__main__ import convert_from_args, summary
+
     try:
-        from retnet.convert import convert_checkpoint
-    except ImportError:
-        raise AppError("checkpoint conversion is not available in this version of retnet "
-                       "(retnet.convert.convert_checkpoint is missing)") from None
-    if not args.src.exists():
-        raise UsageError(f"no such checkpoint: {args.src}")
-    options = {"dtype": args.dtype, "overwrite": args.overwrite}
-    if args.torchscale_args is not None:
-        options["torchscale_args"] = args.torchscale_args
-    try:
-        result = convert_checkpoint(args.src, args.dst, source=args.source, **options)
-    except (ValueError, FileExistsError) as e:
+        report = convert_from_args(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # CheckpointError is a ValueError
         raise AppError(str(e)) from None
-    details = ", ".join(f"{k}: {v}" for k, v in (result or {}).items())
-    print(f"converted {args.src} -> {args.dst}" + (f" ({details})" if details else ""))
+    print(summary(report))
     return 0
 
 
@@ -378,7 +328,7 @@ def cmd_collections(args) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "convert": cmd_convert,
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "convert": cmd_convert,
             "collections": cmd_collections}
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from retnet import RetentionState
-from retnet.generation import SamplingConfig, StopTextBuffer, make_generator, next_token
+from retnet.generation import DecodeLoop, SamplingConfig, StopTextBuffer
 
 from .cache import chain_key
 from .types import Answer, Source, Timings, Usage
@@ -72,24 +72,21 @@ class AnswerStream:
             return next(self._gen)
 
     def _run(self) -> Iterator[str]:
-        reader, cfg, stops = self.reader, self.cfg, self.reader.stops
-        device = reader.device
-        text = StopTextBuffer(reader.tokenizer, self.stop_strings)
-        gen = make_generator(cfg, device)
-        generated = torch.empty(1, 0, dtype=torch.long, device=device)
+        stops = self.reader.stops
+        text = StopTextBuffer(self.reader.tokenizer, self.stop_strings)
+        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg)
         reason = "length"
-        for _ in range(cfg.max_new_tokens):
-            tok = int(next_token(self._logits, cfg, generated, gen)[0])
+        for tokens in loop:
+            tok = int(tokens[0])
             if not self.token_ids and self.timings.first_token_s == 0.0:
                 self.timings.first_token_s = time.perf_counter() - self.started
                 self._t_first = time.perf_counter()
-            if tok in stops.stop_token_ids:
+            if tok in stops.stop_token_ids:  # a marker is never read: _finish reads the end marker instead
                 reason = "eos" if tok == stops.end_token_id else "stop"
                 break
             self.token_ids.append(tok)
-            generated = torch.cat([generated, torch.tensor([[tok]], device=device)], dim=1)
-            self.state, hidden = reader.feed(self.state, [tok])
-            self._logits = reader.logits_of(hidden)
+            loop.read(tokens)
+            self.state = loop.state
             piece = text.push(tok)
             self._raw = text.text
             if text.stopped:

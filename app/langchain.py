@@ -12,7 +12,7 @@ conversation whose state persists, use ``app.Session`` explicitly. Repeated
 input prefixes are served by the reader's prefix-state cache, which never
 changes an output, only how fast it comes.
 
-Prompts are read with the app's layout markers (``app.layout``): a plain prompt
+Prompts are read with the app's layout markers (``app.prompt``): a plain prompt
 is a question (``<|question|>prompt\\n<|answer|>``); a prompt that writes markers
 out (``format_passages`` does) is parsed into system/passage/question/answer
 segments, one chunk per passage; ``raw_prompt=True`` reads the text as is.
@@ -49,11 +49,11 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("app.langchain needs langchain-core: pip install 'retnet-rag[langchain]'") from e
 
-from . import layout as L
+from . import prompt as L
 from .decoder import AnswerStream
 from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K
 from .encoder import Reader
-from .rerank import DEFAULT_CANDIDATES, lexical_rerank
+from .retrieve import retrieve
 
 __all__ = ["ChatRetNet", "CollectionRetriever", "RetNetLLM", "format_passages", "rag_prompt", "get_reader"]
 
@@ -266,11 +266,7 @@ class CollectionRetriever(BaseRetriever):
     rerank: bool = True
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        if self.rerank:
-            candidates = self.collection.search(query, max(DEFAULT_CANDIDATES, 4 * self.k), documents=self.documents)
-            hits = lexical_rerank(query, candidates)[: self.k]
-        else:
-            hits = self.collection.search(query, self.k, documents=self.documents)
+        hits = retrieve(self.collection, query, self.k, documents=self.documents, rerank=self.rerank)
         return [Document(page_content=h.text, metadata={
             "title": h.title, "source": h.source, "page": h.page, "doc_id": h.doc_id, "score": h.score,
             "start": h.start, "end": h.end, "passage_id": h.passage_id}) for h in hits]

@@ -15,17 +15,16 @@ asking over the same passages again does not re-encode them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .cache import PrefixCache
 from .decoder import AnswerStream
-from .defaults import DEFAULT_CACHE_BYTES, DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS
+from .defaults import DEFAULT_CACHE_BYTES
 from .encoder import Reader, load_model
 from .errors import CollectionNotFoundError
-from .layout import DEFAULT_LAYOUT
-from .rerank import DEFAULT_CANDIDATES, lexical_rerank
+from .options import AnswerOptions
+from .retrieve import retrieve
 from .session import Session
 from .types import Answer, Source
 
@@ -37,60 +36,56 @@ class MultiDocQA:
     ``model`` is a model directory (default: the bundled model, see app.defaults), a
     ``RetNetForCausalLM`` (then ``tokenizer`` is required), or a ready ``Reader``.
     ``embedder`` is used when the collection is created (default: MiniLM); an existing
-    collection reopens with the embedder it was built with. ``rerank``: fetch more candidates
-    and re-rank them by the question's exact terms too (app.rerank; on by default).
+    collection reopens with the embedder it was built with. ``options`` (app.AnswerOptions) say how
+    to answer: passages per turn, re-ranking, layout, sampling; keyword ``overrides`` of its fields
+    (``k=2, max_new_tokens=64``) are applied on top. ``cache`` is the prefix-state cache (bytes or a
+    PrefixCache; 0 or None: none).
     """
 
     def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, create: bool = True,
-                 k: int = DEFAULT_K, layout: str = DEFAULT_LAYOUT, instructions: str | None = None,
-                 max_chunk: int | None = None, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 cache_snapshots: str = "start",
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int | None = None, stop: Iterable[str] = (), rerank: bool = True, device=None):
-        self.k = k
-        self.rerank = rerank
-        options = dict(layout=layout, instructions=instructions, max_chunk=max_chunk,
-                       max_question_tokens=max_question_tokens, max_new_tokens=max_new_tokens, cache=cache,
-                       cache_snapshots=cache_snapshots,
-                       temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                       seed=seed, stop=tuple(stop))
+                 options: AnswerOptions | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
+                 cache_snapshots: str = "start", device=None, **overrides):
+        self.options = options = AnswerOptions.build(options, **overrides)
         if isinstance(model, Reader):
             self.reader = model
         elif model is None or isinstance(model, (str, os.PathLike)):
             m, tok = load_model(model, device)
-            self.reader = Reader(m, tokenizer or tok, **options)
+            self.reader = Reader(m, tokenizer or tok, options, cache=cache, cache_snapshots=cache_snapshots)
         else:
             if tokenizer is None:
                 raise ValueError("a model object needs its tokenizer: MultiDocQA(model=model, tokenizer=tokenizer)")
-            self.reader = Reader(model, tokenizer, **options)
+            self.reader = Reader(model, tokenizer, options, cache=cache, cache_snapshots=cache_snapshots)
         self.collection = self._open_collection(collection, data_dir, embedder, create)
         self._owns_collection = isinstance(collection, str)
+
+    # Passages per turn and re-ranking can be changed on an open MultiDocQA.
+    @property
+    def k(self) -> int:
+        return self.options.k
+
+    @k.setter
+    def k(self, value: int) -> None:
+        self.options = AnswerOptions.build(self.options, k=value)
+
+    @property
+    def rerank(self) -> bool:
+        return self.options.rerank
+
+    @rerank.setter
+    def rerank(self, value: bool) -> None:
+        self.options = AnswerOptions.build(self.options, rerank=value)
 
     @staticmethod
     def _open_collection(collection: Any, data_dir, embedder, create: bool):
         if collection is None or not isinstance(collection, (str, os.PathLike)):
             return collection
-        from retrieval import Collection, CollectionError
-        from retrieval.collection import default_data_dir
+        from retrieval import Collection
 
         name = str(collection)
         if create:
             return Collection.open_or_create(name, data_dir, embedder=embedder)
-        root = Path(data_dir) if data_dir is not None else default_data_dir()
-        if name not in Collection.list(root):
-            try:
-                from retrieval import validate_name
-
-                validate_name(name)
-            except CollectionError as e:
-                raise CollectionNotFoundError(str(e)) from None
-            known = Collection.list(root)
-            raise CollectionNotFoundError(
-                f"no collection {name!r} in {root}" + (f" (collections there: {', '.join(known)})" if known else
-                                                       " (there are no collections yet)")
-                + f"; create it with: retnet-rag ingest PATHS --collection {name}")
+        require_collection(name, data_dir)
         return Collection.open(name, data_dir, embedder=embedder)
 
     # -- documents -------------------------------------------------------------------------------
@@ -113,12 +108,7 @@ class MultiDocQA:
                                                                                 documents))]
 
     def _retrieve(self, question: str, k: int, documents: Any) -> list:
-        if self.collection is None or k <= 0:
-            return []
-        if not self.rerank:
-            return self.collection.search(question, k, documents=documents)
-        hits = self.collection.search(question, max(DEFAULT_CANDIDATES, 4 * k), documents=documents)
-        return lexical_rerank(question, hits)[:k]
+        return retrieve(self.collection, question, k, documents=documents, rerank=self.options.rerank)
 
     # -- asking --------------------------------------------------------------------------------
     def session(self, **options) -> Session:
@@ -162,3 +152,21 @@ class MultiDocQA:
     def __repr__(self) -> str:
         name = getattr(self.collection, "name", None)
         return f"MultiDocQA(collection={name!r}, layout={self.reader.layout!r}, k={self.k})"
+
+
+def require_collection(name: str, data_dir: str | os.PathLike | None = None, create_hint: str = "") -> None:
+    """CollectionNotFoundError, naming the collections that exist and how to create this one, unless
+    ``name`` is a valid collection name that exists under ``data_dir``."""
+    from retrieval import Collection, CollectionError, default_data_dir, validate_name
+
+    try:
+        validate_name(name)
+    except CollectionError as e:
+        raise CollectionNotFoundError(str(e)) from None
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    known = Collection.list(root)
+    if name not in known:
+        raise CollectionNotFoundError(
+            f"no collection {name!r} in {root}" + (f" (collections there: {', '.join(known)})" if known else
+                                                   " (there are no collections yet)")
+            + f"; create it with: retnet-rag ingest PATHS --collection {name}{create_hint}")

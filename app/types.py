@@ -17,7 +17,7 @@ class Source:
     source: str  # the file the document was loaded from
     page: int | None  # 1-based page for paged formats (PDF), else None
     text: str  # the passage text, as the model read it
-    score: float  # retrieval score: cosine similarity (+ the lexical bonus when re-ranked, see app.rerank)
+    score: float  # retrieval score: cosine similarity (+ the lexical bonus when re-ranked, see app.retrieve)
     doc_id: str
     start: int = 0  # character offsets of the passage in the document's text
     end: int = 0

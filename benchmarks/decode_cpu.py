@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from retnet import RetNetForCausalLM
+from retnet.generation import generate
 
-from retnet import RetNetForCausalLM  # noqa: E402
-from retnet.generation import generate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()

@@ -34,7 +34,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
 
 FLA_MODES = ("chunk", "fused_chunk", "parallel")
 TOLERANCE = {"float32": 2e-3, "bfloat16": 6e-2}  # ours vs fla, relative to max |logit|

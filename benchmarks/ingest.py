@@ -36,14 +36,11 @@ from pathlib import Path
 # cores: one MiniLM query took ~550 ms instead of ~10 ms here. Passive waiting avoids it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import faiss  # noqa: E402
-import torch  # noqa: E402
-
-from retrieval import Collection, Document, HashEmbedder, Page, Passage, SentenceTransformerEmbedder  # noqa: E402
+from retrieval import Collection, Document, HashEmbedder, Page, Passage, SentenceTransformerEmbedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = (

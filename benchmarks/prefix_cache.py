@@ -31,13 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app import MultiDocQA
+from app.cache import PrefixCache
+from app.defaults import configure_threads, default_model_dir, make_embedder
+from app.encoder import Reader, load_model
 
-from rag import REPO, SAMPLES, load_reader, sample_questions  # noqa: E402
-
-from app import MultiDocQA  # noqa: E402
-from app.cache import PrefixCache  # noqa: E402
-from app.defaults import configure_threads, make_embedder  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data" / "samples"
 
 INSTRUCTIONS = (
     "You answer questions about technical documentation. Read the passages carefully. Answer with the exact words "
@@ -79,16 +79,17 @@ def scenario(name, description, reader_off, reader_on, turns, repeats) -> dict:
 
 
 def run(args) -> dict:
-    reader, note = load_reader(args.model, cache=None, max_new_tokens=args.max_new_tokens)
+    model, tok = load_model(args.model or default_model_dir())
+    reader = Reader(model, tok, cache=None, max_new_tokens=args.max_new_tokens)
+    note = f"model {args.model or default_model_dir()} ({model.num_parameters / 1e6:.1f}M parameters)"
     threads = configure_threads(args.threads, reader.model)
     print(note, file=sys.stderr)
-    from app.encoder import Reader
 
     def variant(layout, cache, instructions=None):
         return Reader(reader.model, reader.tokenizer, layout=layout, cache=cache, instructions=instructions,
                       max_new_tokens=args.max_new_tokens)
 
-    questions = sample_questions()
+    questions = [q["question"] for q in json.loads((args.samples / "questions.json").read_text())]
     tmp = Path(tempfile.mkdtemp(prefix="retnet-rag-bench-"))
     results = []
     try:

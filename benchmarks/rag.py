@@ -32,50 +32,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from app import MultiDocQA
+from app.defaults import configure_threads, default_model_dir, make_embedder
+from app.encoder import Reader, load_model
+from app.prompt import DEFAULT_LAYOUT, LAYOUTS
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from app import MultiDocQA  # noqa: E402
-from app.defaults import configure_threads, default_model_dir, make_embedder  # noqa: E402
-from app.encoder import Reader, load_model  # noqa: E402
-from app.layout import DEFAULT_LAYOUT, LAYOUTS, MARKERS  # noqa: E402
 
 SAMPLES = REPO / "data" / "samples"
-TOKENIZER = REPO / "data" / "tokenizer" / "tokenizer.json"
 
 
-def load_reader(model_dir: Path | None, preset: str = "small", **options) -> tuple[Reader, str]:
-    """The model in ``model_dir`` (default: the bundled one), else a random ``preset`` model; and a note."""
+def load_reader(model_dir: Path | None, **options) -> tuple[Reader, str]:
+    """The model in ``model_dir`` (default: the bundled one) as a Reader, and a one-line note."""
     path = model_dir or default_model_dir()
-    if (path / "config.json").is_file():
-        model, tok = load_model(path)
-        return Reader(model, tok, **options), f"model {path} ({model.num_parameters / 1e6:.1f}M parameters)"
-    from tokenizers import Tokenizer
-
-    from retnet import RetNetConfig, RetNetForCausalLM
-
-    if TOKENIZER.is_file():
-        tok, tok_note = Tokenizer.from_file(str(TOKENIZER)), f"tokenizer {TOKENIZER.relative_to(REPO)}"
-    else:  # a byte-level tokenizer with the layout markers
-        from tokenizers import decoders, models, pre_tokenizers
-
-        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-        tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens(list(MARKERS))
-        tok_note = "a byte-level tokenizer (data/tokenizer missing)"
-    torch.manual_seed(0)
-    cfg = RetNetConfig.from_preset(preset)
-    cfg.vocab_size = max(cfg.vocab_size, tok.get_vocab_size())
-    model = RetNetForCausalLM(cfg).eval()
-    note = (f"NOTE: {path} does not exist; using a RANDOMLY INITIALISED '{preset}' preset model "
-            f"({model.num_parameters / 1e6:.1f}M parameters) with {tok_note}. Speed and memory are those of "
-            "the model's shape; the answers are noise.")
-    return Reader(model, tok, **options), note
+    model, tok = load_model(path)
+    return Reader(model, tok, **options), f"model {path} ({model.num_parameters / 1e6:.1f}M parameters)"
 
 
 def rss_bytes() -> int:

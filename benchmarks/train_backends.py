@@ -1,6 +1,6 @@
 """Training step on the GPU: the Triton retention kernels against the PyTorch reference.
 
-    python benchmarks/train_backends.py --config data/train_default.json --out benchmarks/results
+    python benchmarks/train_backends.py --config training/configs/default.json --out benchmarks/results
 
 Checks that the loss and every weight gradient agree between the two backends (float32, one
 random batch), then times a bf16 training step (forward + backward) with each. Needs CUDA.
@@ -17,7 +17,7 @@ import torch
 
 from retnet import ops
 from retnet.model import RetNetForCausalLM
-from retnet.train.trainer import LMLoss, TrainConfig
+from training.trainer import LMLoss, TrainConfig
 
 
 def loss_and_grads(model, tokens, mask, backend: str, autocast: bool):
@@ -42,7 +42,7 @@ def step_seconds(model, tokens, mask, backend: str, repeats: int = 10) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="data/train_default.json")
+    ap.add_argument("--config", default="training/configs/default.json")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -1,14 +1,16 @@
 """Model directories: config.json + model.safetensors (+ tokenizer.json).
 
-`load_pretrained` also opens flash-linear-attention (fla-hub) RetNet
-directories, recognised by their config's model_type "retnet", through
-`retnet.convert.fla`. Loading is all-or-nothing: every key and shape is
+`RetNetForCausalLM.from_pretrained` also opens the formats converters register
+(`register_format`): importing `retnet.convert` adds flash-linear-attention (fla-hub) RetNet
+directories, recognised by their config's model_type "retnet". Loading is all-or-nothing: every key and shape is
 checked before the model is returned, and errors name the key or file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -67,32 +69,45 @@ def read_safetensors(file: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"cannot read {file}: {e}") from None
 
 
-def load_pretrained(path: str | Path, device=None, dtype=None):
+# Other checkpoint formats that from_pretrained can read, keyed by config.json's model_type. Converters
+# register themselves here (importing retnet.convert adds fla's "retnet"): the core imports none of them.
+FORMATS: dict[str, Callable[..., Any]] = {}
+_FORMAT_HINTS = {"retnet": "a flash-linear-attention RetNet: `import retnet.convert` first (it registers the "
+                           "format), or convert it once with `retnet-rag convert SRC DST`"}
+
+
+def register_format(model_type: str, loader: Callable[..., Any]) -> None:
+    """Let from_pretrained read directories whose config.json says ``model_type``:
+    ``loader(path, device=, dtype=)`` returns the model."""
+    FORMATS[model_type] = loader
+
+
+def loader_for(path: str | Path) -> Callable[..., Any] | None:
+    """The registered loader of a foreign checkpoint directory, None for one of ours; CheckpointError
+    for a model_type nobody registered."""
     path = Path(path)
-    raw = read_config_dict(path)
-    if raw.get("model_type") == "retnet":
-        from .convert.fla import load_fla_directory
+    model_type = read_config_dict(path).get("model_type")
+    if model_type in FORMATS:
+        return FORMATS[model_type]
+    if model_type != "retnet-rag":
+        hint = _FORMAT_HINTS.get(model_type, f"readable formats: 'retnet-rag' (ours), {sorted(FORMATS)}")
+        raise CheckpointError(f"{path / CONFIG_FILE} has model_type {model_type!r}: {hint}")
+    return None
 
-        return load_fla_directory(path, device=device, dtype=dtype)
-    if raw.get("model_type") != "retnet-rag":
-        raise CheckpointError(f"{path / CONFIG_FILE} has model_type {raw.get('model_type')!r}; "
-                              "expected 'retnet-rag' (ours) or 'retnet' (flash-linear-attention)")
+
+def read_config(path: str | Path) -> RetNetConfig:
+    """The RetNetConfig of one of our model directories."""
+    path = Path(path)
     try:
-        cfg = RetNetConfig.from_dict(raw)
+        return RetNetConfig.from_dict(read_config_dict(path, "retnet-rag"))
     except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
-    return build_model(cfg, read_safetensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE), device, dtype)
 
 
-def build_model(cfg: RetNetConfig, tensors: dict[str, Tensor], source: str, device=None, dtype=None):
-    """A model with exactly these weights: every key present, no extra keys, every shape right."""
-    from .model import RetNetForCausalLM
-
-    with torch.device("meta"):
-        model = RetNetForCausalLM(cfg)
-    expected = model.state_dict()
-    if cfg.tie_embeddings:
-        expected.pop("lm_head.weight")
+def check_tensors(expected: dict[str, Tensor], tensors: dict[str, Tensor], source: str) -> None:
+    """Every expected key present, no extra keys, every shape right; else a CheckpointError naming them."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -102,17 +117,9 @@ def build_model(cfg: RetNetConfig, tensors: dict[str, Tensor], source: str, devi
         if tuple(tensors[name].shape) != tuple(want.shape):
             raise CheckpointError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
                                   f"the config implies {tuple(want.shape)}")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    cast = {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
-            for k, v in tensors.items()}
-    model.load_state_dict(cast, strict=not cfg.tie_embeddings, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    _materialize_fixed_buffers(model, device)
-    return model.eval()
 
 
-def _materialize_fixed_buffers(model, device) -> None:
+def materialize_fixed_buffers(model, device) -> None:
     """Non-persistent buffers (fixed norm weights of ones) are not in the file: rebuild them."""
     for module in model.modules():
         for name, buf in list(module.named_buffers(recurse=False)):

@@ -87,6 +87,39 @@ def prefill(model, input_ids: Tensor, state: RetentionState | None, chunk_length
     return out.logits[torch.arange(input_ids.shape[0]), last], out.state
 
 
+class DecodeLoop:
+    """The one decode loop (gpt-fast's decode_n_tokens, as an object): sample the next token from the
+    current logits, read it into the state with the recurrent form, repeat.
+
+    Iterating yields each sampled token [B] *before* it is read: the caller reads it with ``read``
+    (with a padding mask if rows have finished) to go on, or stops, e.g. at a marker it wants kept
+    out of the state. ``generate``, ``TextStream`` and the app's ``AnswerStream`` all run this loop.
+    """
+
+    def __init__(self, model, logits: Tensor, state: RetentionState, cfg: SamplingConfig,
+                 generator: torch.Generator | None = None):
+        self.model, self.logits, self.state, self.cfg = model, logits, state, cfg
+        self.generator = generator if generator is not None else make_generator(cfg, logits.device)
+        self.generated = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)
+
+    def sample(self) -> Tensor:
+        return next_token(self.logits, self.cfg, self.generated, self.generator)
+
+    @torch.no_grad()
+    def read(self, tokens: Tensor, mask: Tensor | None = None) -> None:
+        """Read tokens [B] (rows where ``mask`` is False are fed as padding: their state stays)."""
+        step = self.model(tokens[:, None], state=self.state, mode="recurrent",
+                          attention_mask=None if mask is None else mask[:, None])
+        self.logits, self.state = step.logits[:, -1], step.state
+        self.generated = torch.cat([self.generated, tokens[:, None]], dim=1)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for n in range(self.cfg.max_new_tokens):
+            yield self.sample()
+            if self.generated.shape[1] != n + 1:
+                raise RuntimeError("DecodeLoop: read() the sampled token before asking for the next one")
+
+
 @torch.no_grad()
 def generate(model, input_ids: Tensor, state: RetentionState | None = None, attention_mask=None,
              chunk_lengths=None, **sampling) -> tuple[Tensor, RetentionState]:
@@ -98,22 +131,18 @@ def generate(model, input_ids: Tensor, state: RetentionState | None = None, atte
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError("generation needs prompt ids [batch, time] with at least one token")
     B = input_ids.shape[0]
-    gen = make_generator(cfg, input_ids.device)
     logits, state = prefill(model, input_ids, state, chunk_lengths, attention_mask)
-    out = torch.empty(B, 0, dtype=torch.long, device=input_ids.device)
+    loop = DecodeLoop(model, logits, state, cfg)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     pad = cfg.eos_token_id if cfg.eos_token_id is not None else 0
-    for _ in range(cfg.max_new_tokens):
-        tok = next_token(logits, cfg, out, gen)
+    for tok in loop:
         tok = torch.where(done, torch.full_like(tok, pad), tok)
-        out = torch.cat([out, tok[:, None]], dim=1)
-        step = model(tok[:, None], state=state, mode="recurrent", attention_mask=(~done)[:, None])
-        logits, state = step.logits[:, -1], step.state
+        loop.read(tok, mask=~done)
         if cfg.eos_token_id is not None:
             done |= tok == cfg.eos_token_id
         if bool(done.all()):
             break
-    return out, state
+    return loop.generated, loop.state
 
 
 class StopTextBuffer:
@@ -180,22 +209,21 @@ class TextStream:
         self.stop_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
-        model, cfg = self.model, self.cfg
+        model = self.model
         device = model.embed.weight.device
         if self.prompt.shape[1] == 0:
             raise ValueError("an empty prompt gives no logits to start from; pass at least one token")
         text = StopTextBuffer(self.tokenizer, self.stop)
-        gen = make_generator(cfg, device)
         with torch.no_grad():
             logits, self.state = prefill(model, self.prompt.to(device), self.state, self.chunk_lengths)
+            loop = DecodeLoop(model, logits, self.state, self.cfg)
             self.stop_reason = "length"
-            for _ in range(cfg.max_new_tokens):
-                generated = torch.tensor([self.token_ids], dtype=torch.long, device=device)
-                tok = int(next_token(logits, cfg, generated, gen)[0])
+            for tokens in loop:
+                tok = int(tokens[0])
                 self.token_ids.append(tok)
-                step = model(torch.tensor([[tok]], device=device), state=self.state, mode="recurrent")
-                logits, self.state = step.logits[:, -1], step.state
-                if cfg.eos_token_id is not None and tok == cfg.eos_token_id:
+                loop.read(tokens)  # every generated token enters the state, the ending one too
+                self.state = loop.state
+                if self.cfg.eos_token_id is not None and tok == self.cfg.eos_token_id:
                     self.stop_reason = "eos"
                     break
                 piece = text.push(tok)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import checkpoint, ops
 from .config import RetNetConfig
 from .layers import MODES, RetNetBlock, RMSNorm
 from .state import RetentionState
@@ -54,14 +55,35 @@ class RetNetForCausalLM(nn.Module):
     # -- construction helpers -------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> RetNetForCausalLM:
-        from .checkpoint import load_pretrained
+        """A model directory (config.json + model.safetensors), or a format a converter registered."""
+        loader = checkpoint.loader_for(path)
+        if loader is not None:
+            return loader(Path(path), device=device, dtype=dtype)
+        weights = Path(path) / checkpoint.WEIGHTS_FILE
+        return cls.from_tensors(checkpoint.read_config(path), checkpoint.read_safetensors(weights), str(weights),
+                                device, dtype)
 
-        return load_pretrained(path, device=device, dtype=dtype)
+    @classmethod
+    def from_tensors(cls, cfg: RetNetConfig, tensors: dict[str, Tensor], source: str, device=None,
+                     dtype=None) -> RetNetForCausalLM:
+        """A model with exactly these weights (all-or-nothing: keys and shapes are checked first)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = model.state_dict()
+        if cfg.tie_embeddings:
+            expected.pop("lm_head.weight")
+        checkpoint.check_tensors(expected, tensors, source)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        cast = {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+                for k, v in tensors.items()}
+        model.load_state_dict(cast, strict=not cfg.tie_embeddings, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        checkpoint.materialize_fixed_buffers(model, device)
+        return model.eval()
 
     def save_pretrained(self, path, tokenizer=None) -> None:
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, path, tokenizer=tokenizer)
+        checkpoint.save_pretrained(self, path, tokenizer=tokenizer)
 
     def fingerprint(self) -> str:
         """A short hash of the config and a sample of every weight: different models, different prints.
@@ -146,7 +168,7 @@ class RetNetForCausalLM(nn.Module):
         if chunk_lengths is not None and chunk_size is not None:
             raise ValueError("give chunk_lengths or chunk_size, not both")
         if chunk_lengths is not None:
-            return ops.check_chunk_lengths(chunk_lengths, T)
+            return [int(n) for n in chunk_lengths]  # validated once, by the retention op of either backend
         return ops.chunk_lengths_for(T, chunk_size or self.config.max_chunk_length)
 
     # -- generation --------------------------------------------------------------

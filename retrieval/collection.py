@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -39,51 +37,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embedder import Embedder, SentenceTransformerEmbedder, embedder_from_name
-from .errors import CollectionError, LoadError
+from .errors import CollectionError
 from .index import INDEX_KINDS, VectorIndex, remove_temp_files
-from .loaders import DEFAULT_MAX_FILE_BYTES, content_id, iter_files, load_document, read_bytes
+from .ingest import IngestBatch, fail, prepare_file, show_progress
+from .loaders import DEFAULT_MAX_FILE_BYTES, iter_files
 from .locking import exclusive_lock
-from .report import ADDED, DUPLICATE, FAILED, SKIPPED, FileResult, IngestReport
+from .names import collection_dir, default_data_dir, is_valid_name, validate_name
+from .report import ADDED, DUPLICATE, FileResult, IngestReport
 from .splitter import Splitter
 from .store import Store
 from .types import Document, DocumentInfo, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DB = "collection.sqlite3"
 # Filtered search over an approximate index (HNSW, IVF) may miss passages of a small
 # document set; up to this many passages the filter is answered exactly instead.
 EXACT_FILTER_LIMIT = 50_000
 
 __all__ = ["Collection", "default_data_dir", "validate_name"]
-
-
-def default_data_dir() -> Path:
-    """``$RETNET_RAG_DATA_DIR``, else ``~/.local/share/retnet-rag/collections``."""
-    env = os.environ.get("RETNET_RAG_DATA_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "retnet-rag" / "collections"
-
-
-def validate_name(name: str) -> str:
-    """Collection names are one plain path component: letters, digits, ``_ . -``.
-
-    So ``..``, ``a/b``, ``/etc`` and the like can never leave the data directory.
-    """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise CollectionError(
-            f"invalid collection name {name!r}: use 1-128 letters, digits, '_', '.', '-',"
-            " starting with a letter or digit"
-        )
-    return name
-
-
-def _collection_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = root / validate_name(name)
-    if path.resolve().parent != root.resolve():  # belt and braces against odd file systems
-        raise CollectionError(f"collection {name!r} would lie outside {root}")
-    return path
 
 
 class Collection:
@@ -139,7 +111,7 @@ class Collection:
         """
         if index not in INDEX_KINDS:
             raise CollectionError(f"index must be one of {INDEX_KINDS}, not {index!r}")
-        path = _collection_dir(name, data_dir)
+        path = collection_dir(name, data_dir)
         embedder = embedder or SentenceTransformerEmbedder()
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -185,7 +157,7 @@ class Collection:
         ``splitter`` defaults to ``Splitter()`` (about 200 words per passage).
         ``progress``: show tqdm bars (None: only when stderr is a terminal).
         """
-        path = _collection_dir(name, data_dir)
+        path = collection_dir(name, data_dir)
         if not (path / _DB).exists():
             raise CollectionError(f"no collection {name!r} in {path.parent}")
         store = Store(path / _DB)
@@ -229,7 +201,7 @@ class Collection:
         **options,
     ) -> Collection:
         """Open ``name`` if it exists (``index`` is then ignored), else create it."""
-        path = _collection_dir(name, data_dir)
+        path = collection_dir(name, data_dir)
         if not (path / _DB).exists():
             try:
                 return cls.create(name, data_dir, embedder=embedder, index=index, **options)
@@ -245,12 +217,12 @@ class Collection:
         root = Path(data_dir) if data_dir is not None else default_data_dir()
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / _DB).is_file())
+        return sorted(p.name for p in root.iterdir() if is_valid_name(p.name) and (p / _DB).is_file())
 
     @staticmethod
     def remove(name: str, data_dir: str | os.PathLike | None = None) -> None:
         """Delete a whole collection from disk."""
-        path = _collection_dir(name, data_dir)
+        path = collection_dir(name, data_dir)
         if not (path / _DB).exists():
             raise CollectionError(f"no collection {name!r} in {path.parent}")
         with exclusive_lock(path / "lock"):
@@ -344,13 +316,15 @@ class Collection:
             self._refresh()
             files = list(iter_files(paths))
             show = self.progress if progress is None else progress
-            bar = tqdm(total=len(files), unit="file", desc=f"ingest {self.name}", disable=not _show(show, len(files)))
-            batch = _Batch()
+            bar = tqdm(total=len(files), unit="file", desc=f"ingest {self.name}",
+                       disable=not show_progress(show, len(files)))
+            batch = IngestBatch()
             seen: dict[str, str] = {}  # doc id -> source, for duplicates inside this batch
             last_save = time.monotonic()
             try:
                 for path, skip_reason in files:
-                    result, doc, passages = self._prepare(path, skip_reason, seen)
+                    result, doc, passages = prepare_file(path, skip_reason, seen, self.store, self.splitter,
+                                                         self.max_file_bytes)
                     report.results.append(result)
                     if doc is not None:
                         batch.add(result, doc, passages)
@@ -374,7 +348,7 @@ class Collection:
         started = time.perf_counter()
         with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
             self._refresh()
-            batch = _Batch()
+            batch = IngestBatch()
             try:
                 for doc in docs:
                     result = FileResult(doc.source, ADDED, doc.id, doc.title, warnings=list(doc.warnings))
@@ -384,7 +358,7 @@ class Collection:
                         continue
                     passages = self.splitter.split(doc)
                     if not passages:
-                        self._fail(result, "no text to index")
+                        fail(result, "no text to index")
                         continue
                     result.passages = len(passages)
                     batch.add(result, doc, passages)
@@ -412,44 +386,8 @@ class Collection:
         logger.info("collection %s: deleted document %s (%d passages)", self.name, doc_id, len(ids))
         return True
 
-    # -- ingest steps -----------------------------------------------------------------
-    def _prepare(
-        self, path: Path, skip_reason: str | None, seen: dict[str, str]
-    ) -> tuple[FileResult, Document | None, list[Passage]]:
-        """Load and split one file; any problem becomes the FileResult's error."""
-        result = FileResult(str(path), FAILED)
-        if skip_reason is not None:
-            result.status, result.error = SKIPPED, skip_reason
-            return result, None, []
-        try:
-            data = read_bytes(path, self.max_file_bytes)
-            doc_id = content_id(data)
-            existing = self.store.document(doc_id)
-            duplicate_of = existing.source if existing else seen.get(doc_id)
-            if duplicate_of is not None:
-                result.status, result.doc_id, result.duplicate_of = DUPLICATE, doc_id, duplicate_of
-                return result, None, []
-            doc = load_document(path, data)
-            del data
-            passages = self.splitter.split(doc)
-            if not passages:
-                raise LoadError("no text to index")
-        except LoadError as exc:
-            result.error = str(exc)
-            logger.warning("skipping %s: %s", path, exc)
-            return result, None, []
-        except Exception as exc:  # a loader bug must cost one file, not the batch
-            result.error = f"unexpected error: {type(exc).__name__}: {exc}"
-            logger.exception("unexpected error loading %s", path)
-            return result, None, []
-        seen[doc.id] = doc.source
-        result.status, result.doc_id, result.title = ADDED, doc.id, doc.title
-        result.passages, result.warnings = len(passages), list(doc.warnings)
-        for warning in doc.warnings:
-            logger.info("%s: %s", path, warning)
-        return result, doc, passages
-
-    def _commit(self, batch: _Batch, bar) -> None:
+    # -- ingest steps (loading and splitting files: retrieval.ingest) ---------------------
+    def _commit(self, batch: IngestBatch, bar) -> None:
         """Embed a batch, store it in one transaction, then add it to the index."""
         if not batch.items:
             return
@@ -464,11 +402,11 @@ class Collection:
                 offset += len(passages)
         except Exception as exc:
             if len(batch.items) == 1:
-                self._fail(batch.items[0][0], f"embedding failed: {type(exc).__name__}: {exc}")
+                fail(batch.items[0][0], f"embedding failed: {type(exc).__name__}: {exc}")
             else:  # find the culprit: embed document by document
                 logger.warning("embedding a batch failed (%s); retrying file by file", exc)
                 for item in batch.items:
-                    self._commit(_Batch([item]), bar)
+                    self._commit(IngestBatch([item]), bar)
                 batch.clear()
                 return
         batch.clear()
@@ -476,7 +414,7 @@ class Collection:
             generation, ids = self.store.add_documents(ready)
         except Exception as exc:
             for result in results:
-                self._fail(result, f"could not store: {type(exc).__name__}: {exc}")
+                fail(result, f"could not store: {type(exc).__name__}: {exc}")
             return
         try:
             for (_, _, vecs), doc_ids in zip(ready, ids, strict=True):
@@ -487,10 +425,6 @@ class Collection:
         except Exception:
             logger.exception("index update failed; rebuilding from the store")
             self._rebuild()
-
-    def _fail(self, result: FileResult, error: str) -> None:
-        result.status, result.error, result.passages = FAILED, error, 0
-        logger.warning("failed %s: %s", result.path, error)
 
     def _encode(self, texts: Sequence[str], bar=None) -> np.ndarray:
         step = max(1, self.batch_passages)
@@ -542,29 +476,3 @@ class Collection:
         if self._generation != self._saved_generation:
             self.index.save(self.path, self._generation)
             self._saved_generation = self._generation
-
-
-class _Batch:
-    """Loaded documents waiting to be embedded and stored together."""
-
-    def __init__(self, items: list | None = None) -> None:
-        self.items: list[tuple[FileResult, Document, list[Passage]]] = items or []
-        self.passages = sum(len(p) for _, _, p in self.items)
-        self.ids = {doc.id for _, doc, _ in self.items}
-
-    def add(self, result: FileResult, doc: Document, passages: list[Passage]) -> None:
-        self.items.append((result, doc, passages))
-        self.passages += len(passages)
-        self.ids.add(doc.id)
-
-    def texts(self) -> list[str]:
-        return [p.text for _, _, passages in self.items for p in passages]
-
-    def clear(self) -> None:
-        self.items, self.passages, self.ids = [], 0, set()
-
-
-def _show(progress: bool | None, n: int) -> bool:
-    if progress is None:
-        return n > 1 and sys.stderr.isatty()
-    return progress

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -40,7 +39,6 @@ INDEX_KINDS = ("flat", "ivf", "hnsw")
 IVF_MIN_VECTORS = 20_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
-_FILE = re.compile(r"index\.(\d+)\.faiss")
 
 VectorSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -158,10 +156,6 @@ class VectorIndex:
             logger.warning("index file %s has dim %d, expected %d: will rebuild", path, index.d, dim)
             return None
         return cls(kind, dim, index)
-
-
-def saved_generations(directory: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _FILE.fullmatch(p.name)))
 
 
 def remove_temp_files(directory: Path) -> None:

@@ -23,6 +23,6 @@ PY
     cp "/tmp/config_$name.json" "$STAGE/$name/train_config.json"
     cp "/tmp/run_$name/log.jsonl" "$STAGE/$name/train_log.jsonl"
 done
-python3 benchmarks/reading_probe.py $(for n in "$@"; do echo "$STAGE/$n"; done) --threads 8 | tee "$STAGE/reading_probe.md"
+python3 experiments/reading_probe.py $(for n in "$@"; do echo "$STAGE/$n"; done) --threads 8 | tee "$STAGE/reading_probe.md"
 tar czf - -C "$STAGE" . | split -b 15M - "$OUT/runs.tar.gz.part-"
 ls -la "$OUT"

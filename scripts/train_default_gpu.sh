@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
 # Train a reader model on one GPU in the background (run from the repo root on the GPU machine).
 #
-#   MINUTES=12 bash scripts/train_default_gpu.sh          # the default RetNet reader, data/train_default.json
-#   CONFIG=data/train_baseline.json STEPS=4000 NAME=tf bash scripts/train_default_gpu.sh
-#   CONFIG=data/train_baseline.json MINUTES=20 MAX_STEPS=7961 NAME=tf bash ...   # time budget, capped
+#   MINUTES=12 bash scripts/train_default_gpu.sh          # the default RetNet reader, training/configs/default.json
+#   CONFIG=training/configs/baseline.json STEPS=4000 NAME=tf bash scripts/train_default_gpu.sh
+#   CONFIG=training/configs/baseline.json MINUTES=20 MAX_STEPS=7961 NAME=tf bash ...   # time budget, capped
 #   NPROC=2 BATCH=8 MINUTES=10 bash scripts/train_default_gpu.sh     # DDP on 2 GPUs, global batch 16
-#   WARMUP_CONFIG=data/train_warmup.json WARMUP_STEPS=1000 bash ...  # copy warm-up, then the main mix
+#   WARMUP_CONFIG=training/configs/warmup.json WARMUP_STEPS=1000 bash ...  # copy warm-up, then the main mix
 #   (WARMUP_CONFIG only replaces CONFIG's train_sources, so it serves the RetNet and the baseline alike)
 #
 # Builds the token rows once into /tmp/train (needs data/build/{pretrain,episodes,tokenizer} from the
-# corpus builder, see data/corpus/README.md). Without STEPS it probes the throughput for 60 steps and
+# corpus builder, see training/corpus/README.md). Without STEPS it probes the throughput for 60 steps and
 # sizes max_steps to MINUTES. Output: /tmp/run_$NAME/last, log /tmp/train_$NAME.log, pid /tmp/train_$NAME.pid.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
-CONFIG=${CONFIG:-data/train_default.json}
+CONFIG=${CONFIG:-training/configs/default.json}
 NAME=${NAME:-retnet}
 MINUTES=${MINUTES:-12}
 ROW=${ROW:-4096}
 NPROC=${NPROC:-1}          # GPUs: more than one trains with DDP through torchrun
 BATCH=${BATCH:-}           # per-GPU batch (default: the config's)
-if [ "$NPROC" -gt 1 ]; then TRAIN="torchrun --standalone --nproc-per-node $NPROC -m retnet.train"
-else TRAIN="python3 -m retnet.train"; fi
+if [ "$NPROC" -gt 1 ]; then TRAIN="torchrun --standalone --nproc-per-node $NPROC -m training"
+else TRAIN="python3 -m training"; fi
 LOG=/tmp/train_$NAME.log
 if [ ! -f /tmp/train/summary.json ]; then
-    python3 -m data.training_set --build-dir data/build --out /tmp/train --row-length "$ROW" --workers "$(nproc)" \
+    python3 -m training.training_set --build-dir data/build --out /tmp/train --row-length "$ROW" --workers "$(nproc)" \
         --max-distractors 16 2>&1 | grep -v '^layout\|^sessions' || true
 fi
 cat /tmp/train/summary.json

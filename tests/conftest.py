@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import make_model
 from retnet import RetNetForCausalLM
+from tests.helpers import make_model
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
     from retnet.convert import from_torchscale, load_fla_directory, convert_checkpoint
     model = from_torchscale(decoder.state_dict(), decoder_args)          # official torchscale RetNet
-    model = RetNetForCausalLM.from_pretrained("fla-hub/retnet-1.3B-100B")  # fla directories load directly
+    model = RetNetForCausalLM.from_pretrained("fla-hub/retnet-1.3B-100B")  # fla directories, once imported
     convert_checkpoint(src, dst, source="fla")                            # write one of our model directories
 
 Neither converter imports torchscale or fla: they read state dicts and config files only.
@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, read_config_dict, read_safetensors
+from ..checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    CheckpointError,
+    read_config_dict,
+    read_safetensors,
+    register_format,
+)
 from ..io import atomic_directory
 from .fla import FLA_MODEL_TYPE, convert_fla_state_dict, load_fla_directory
 from .torchscale import convert_torchscale_state_dict, from_torchscale, read_torchscale_args, torchscale_config
@@ -30,6 +37,8 @@ TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+register_format(FLA_MODEL_TYPE, load_fla_directory)  # RetNetForCausalLM.from_pretrained(fla_dir) now works
 
 
 def parse_dtype(dtype) -> torch.dtype | None:

@@ -1,6 +1,7 @@
 """python -m retnet.convert SRC DST: turn a torchscale or fla RetNet checkpoint into one of our model directories.
 
-`add_arguments(parser)` and `run(args)` let another CLI (retnet-rag convert) reuse this one.
+`add_arguments(parser)`, `convert_from_args(args)` and `summary(report)` are what `retnet-rag convert` runs:
+the command is defined once, here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 
 from ..checkpoint import CheckpointError
-from . import SOURCES, convert_checkpoint
+from . import SOURCES
 
 EPILOG = """\
 sources:
@@ -34,18 +35,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def convert_from_args(args: argparse.Namespace) -> dict:
+    """Convert as the parsed arguments say; returns convert_checkpoint's report (raises on bad input)."""
+    from . import convert_checkpoint  # looked up at call time, so tests can stand in for it
+
+    return convert_checkpoint(args.src, args.dst, args.source, dtype=args.dtype,
+                              torchscale_args=args.torchscale_args, overwrite=args.overwrite)
+
+
+def summary(report: dict) -> str:
+    cfg = report["config"]
+    return (f"converted {report['source']} checkpoint {report['src']} -> {report['dst']}: "
+            f"{report['num_parameters']:,} parameters ({report['dtype']}), {cfg['num_layers']} layers, "
+            f"hidden {cfg['hidden_size']}, {cfg['num_heads']} heads; tokenizer files: "
+            f"{', '.join(report['tokenizer_files']) or 'none'}")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        report = convert_checkpoint(args.src, args.dst, args.source, dtype=args.dtype,
-                                    torchscale_args=args.torchscale_args, overwrite=args.overwrite)
+        report = convert_from_args(args)
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    cfg = report["config"]
-    print(f"converted {report['source']} checkpoint {report['src']} -> {report['dst']}: "
-          f"{report['num_parameters']:,} parameters ({report['dtype']}), {cfg['num_layers']} layers, "
-          f"hidden {cfg['hidden_size']}, {cfg['num_heads']} heads; tokenizer files: "
-          f"{', '.join(report['tokenizer_files']) or 'none'}")
+    print(summary(report))
     return 0
 
 

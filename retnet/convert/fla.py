@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, build_model, read_config_dict, read_safetensors
+from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config_dict, read_safetensors
 from ..config import RetNetConfig
+from ..model import RetNetForCausalLM
 
 FLA_MODEL_TYPE = "retnet"
 INDEX_FILE = "model.safetensors.index.json"
@@ -91,8 +92,6 @@ def build_converted(cfg: RetNetConfig, tensors: dict[str, Tensor], names: Mappin
     tensors: our key -> tensor; names: our key -> the source key it came from; name_of: the source key
     for one of ours that is missing (for the message).
     """
-    from ..model import RetNetForCausalLM
-
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in RetNetForCausalLM(cfg).state_dict().items()}
     if cfg.tie_embeddings:
@@ -108,7 +107,7 @@ def build_converted(cfg: RetNetConfig, tensors: dict[str, Tensor], names: Mappin
         got = tuple(tensors[key].shape)
         if got != shape:
             raise CheckpointError(f"{source}: {names.get(key, key)} has shape {got}, the config implies {shape}")
-    return build_model(cfg, tensors, source, device=device, dtype=dtype)
+    return RetNetForCausalLM.from_tensors(cfg, tensors, source, device=device, dtype=dtype)
 
 
 # -- config ----------------------------------------------------------------------------------------------

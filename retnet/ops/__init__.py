@@ -24,12 +24,11 @@ uses the fused recurrent kernel for short inputs when no gradient is needed.
 
 Chunk lengths
 -------------
-`chunk_lengths` (passage lengths) never changes `o` or its gradients; it says where the
-state is wanted. `return_boundary_states=True` also returns the state after every chunk,
-stacked as [num_chunks, B, H, K, V] (the last equals the final state). The Triton kernel
-materialises those from its own fixed tiles (see `triton_chunk.py`); they carry no
-gradient on that path. Training passes fixed chunks and uses only `o` (and perhaps the
-final state, which is differentiable on both backends).
+`chunk_lengths` (passage lengths) never changes `o` or its gradients: the reference computes
+one block per chunk, the Triton kernel uses its own uniform tiles. Where the application
+needs the state at a passage end (prefix-cache snapshots), it ends a call there: one
+mechanism, `app.encoder.Reader.ingest_chunks`. Lengths are validated once per call, by
+the backend that runs.
 """
 
 from __future__ import annotations
@@ -42,9 +41,10 @@ from torch import Tensor
 from .reference import (
     check_chunk_lengths,
     chunk_lengths_for,
-    retention_chunkwise,
-    retention_parallel,
-    retention_recurrent,
+    naive_retention_chunkwise,
+    naive_retention_parallel,
+    naive_retention_recurrent,
+    naive_retention_step,
 )
 
 BACKENDS = ("auto", "reference", "triton")
@@ -110,9 +110,9 @@ def parallel_retention(q, k, v, log_decay, state=None, mask=None, backend=None, 
                        output_final_state=True) -> tuple[Tensor, Tensor | None]:
     if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
         from .triton_chunk import chunk_retention_triton
-        o, st, _ = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
+        o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
-    o, st = retention_parallel(q, k, v, log_decay, state=state, mask=mask)
+    o, st = naive_retention_parallel(q, k, v, log_decay, state=state, mask=mask)
     return o, (st if output_final_state else None)
 
 
@@ -125,42 +125,24 @@ def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None,
             from .triton_decode import recurrent_fwd
             return recurrent_fwd(q, k, v, log_decay, state, store_state=output_final_state)
         from .triton_chunk import chunk_retention_triton
-        o, st, _ = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
+        o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
-    o, st = retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
+    o, st = naive_retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
     return o, (st if output_final_state else None)
 
 
 def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, backend=None, *,
-                    output_final_state=True, return_boundary_states=False):
-    """Chunkwise retention. Returns (o, final state), plus the boundary states if asked.
-
-    q, k [B, T, H, K], v [B, T, H, V], log_decay [H], state [B, H, K, V] (float32) or None,
-    mask [B, T] bool or None, chunk_lengths positive ints summing to T (passage lengths).
-    With `return_boundary_states`, the third result is [len(chunk_lengths), B, H, K, V]:
-    the state after each chunk.
-    """
-    lengths = check_chunk_lengths(chunk_lengths, q.shape[1])
+                    output_final_state=True) -> tuple[Tensor, Tensor | None]:
+    """Chunkwise retention: (o, final state). q, k [B, T, H, K], v [B, T, H, V], log_decay [H],
+    state [B, H, K, V] (float32) or None, mask [B, T] bool or None, chunk_lengths positive ints
+    summing to T (passage lengths; o does not depend on them, see the module docstring)."""
     if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
         from .triton_chunk import chunk_retention_triton
-        o, st, bst = chunk_retention_triton(q, k, v, log_decay, state, output_final_state,
-                                            lengths if return_boundary_states else None)
-        return (o, st, bst) if return_boundary_states else (o, st)
-    if not return_boundary_states:
-        o, st = retention_chunkwise(q, k, v, log_decay, lengths, state=state, mask=mask)
-        return o, (st if output_final_state else None)
-    # Reference with boundary states: one chunk at a time, keeping each chunk's final state.
-    outs, states, start, st = [], [], 0, state
-    for n in lengths:
-        sl = slice(start, start + n)
-        o, st = retention_chunkwise(q[:, sl], k[:, sl], v[:, sl], log_decay, [n], state=st,
-                                    mask=None if mask is None else mask[:, sl])
-        outs.append(o)
-        states.append(st)
-        start += n
-    o = torch.cat(outs, dim=1)
-    bst = torch.stack(states) if states else None
-    return o, (st if output_final_state else None), bst
+        check_chunk_lengths(chunk_lengths, q.shape[1])  # the kernel tiles uniformly, but bad input is refused alike
+        o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
+        return o, st
+    o, st = naive_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state, mask=mask)
+    return o, (st if output_final_state else None)
 
 
 def retention_step(q, k, v, log_decay, state, backend=None) -> Tensor:
@@ -177,9 +159,7 @@ def retention_step(q, k, v, log_decay, state, backend=None) -> Tensor:
         from .triton_decode import retention_step_triton
         o = retention_step_triton(q, k, v, log_decay, state)
     else:
-        decay = log_decay.to(device=state.device, dtype=state.dtype).exp()[None, :, None, None]
-        state.mul_(decay).add_(k.to(state.dtype)[..., :, None] * v.to(state.dtype)[..., None, :])
-        o = torch.einsum("bhk,bhkv->bhv", q.to(state.dtype), state).to(q.dtype)
+        o = naive_retention_step(q, k, v, log_decay, state)
     return o[:, None] if squeeze else o
 
 
@@ -187,5 +167,5 @@ __all__ = [
     "BACKENDS", "set_backend", "get_backend", "triton_available",
     "parallel_retention", "recurrent_retention", "chunk_retention", "retention_step",
     "chunk_lengths_for", "check_chunk_lengths",
-    "retention_parallel", "retention_recurrent", "retention_chunkwise",
+    "naive_retention_parallel", "naive_retention_recurrent", "naive_retention_chunkwise", "naive_retention_step",
 ]

@@ -81,7 +81,7 @@ def _block(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor) -> tuple[T
     return inner + cross, new_state
 
 
-def retention_parallel(q, k, v, log_decay, state=None, mask=None) -> tuple[Tensor, Tensor]:
+def naive_retention_parallel(q, k, v, log_decay, state=None, mask=None) -> tuple[Tensor, Tensor]:
     """O = (Q K^T * D) V over the whole sequence at once, plus the incoming state."""
     out_dtype = q.dtype
     q, k, v, g, state = _prepare(q, k, v, log_decay, state, mask)
@@ -91,7 +91,7 @@ def retention_parallel(q, k, v, log_decay, state=None, mask=None) -> tuple[Tenso
     return o.to(out_dtype), state
 
 
-def retention_recurrent(q, k, v, log_decay, state=None, mask=None) -> tuple[Tensor, Tensor]:
+def naive_retention_recurrent(q, k, v, log_decay, state=None, mask=None) -> tuple[Tensor, Tensor]:
     """Token by token: S_t = gamma_t S_{t-1} + k_t^T v_t, o_t = q_t S_t."""
     out_dtype = q.dtype
     q, k, v, g, state = _prepare(q, k, v, log_decay, state, mask)
@@ -119,7 +119,7 @@ def check_chunk_lengths(chunk_lengths, total: int) -> list[int]:
     return lengths
 
 
-def retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=None, mask=None) -> tuple[Tensor, Tensor]:
+def naive_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=None, mask=None) -> tuple[Tensor, Tensor]:
     """Parallel inside each chunk, recurrent across chunks. Chunks may have different lengths."""
     out_dtype = q.dtype
     lengths = check_chunk_lengths(chunk_lengths, q.shape[1])
@@ -132,3 +132,10 @@ def retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=None, mask=None
         start += n
     o = torch.cat(outs, dim=1) if outs else v
     return o.to(out_dtype), state
+
+
+def naive_retention_step(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor) -> Tensor:
+    """One decode step in place: S <- gamma S + k^T v, returns o = q S (q, k [B, H, K], v [B, H, V])."""
+    decay = log_decay.to(device=state.device, dtype=state.dtype).exp()[None, :, None, None]
+    state.mul_(decay).add_(k.to(state.dtype)[..., :, None] * v.to(state.dtype)[..., None, :])
+    return torch.einsum("bhk,bhkv->bhv", q.to(state.dtype), state).to(q.dtype)

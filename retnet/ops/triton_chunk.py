@@ -52,16 +52,9 @@ Nothing of size T x K x V is saved or recomputed.
 Variable chunks (passage boundaries)
 ------------------------------------
 Retention is one recurrence however the sequence is cut, so o does not depend
-on `chunk_lengths`; what passage-aligned chunks need is the state at each
-passage end (the application snapshots it there). Decision: without boundary
-states the kernels ignore `chunk_lengths` and use uniform BT tiles. With
-boundary states the scan uses *passage-aligned tiles*: each chunk is cut into
-ceil(length / BT) tiles, so every passage end is a tile end and its state is a
-plain store of the register state (no extra arithmetic, no data-dependent
-control flow). A chunk of length L then costs ceil(L / BT) tiles instead of
-L / BT; for passages of 50-600 tokens that is about 10% more tiles. Boundary
-states are returned without gradient; training uses fixed chunks and needs only
-o (and, for truncated BPTT, the final state, which is differentiable).
+on `chunk_lengths`: the kernels always scan uniform BT tiles. Where the
+application needs the state at a passage end (prefix-cache snapshots), it
+ends a call there (app.encoder.Reader.ingest_chunks).
 """
 
 from __future__ import annotations
@@ -93,23 +86,19 @@ def _load_tile(base, rows, cols, row_stride, mask_rows, mask_cols, dtype):
 
 
 @triton.jit
-def _tile_bounds(tstart_ptr, i, T, BT: tl.constexpr, VAR_TILES: tl.constexpr):
-    """First token and length of tile i: uniform BT tiles, or a table of passage-aligned ones."""
-    if VAR_TILES:
-        t0 = tl.load(tstart_ptr + i)
-        n = tl.load(tstart_ptr + i + 1) - t0
-    else:
-        t0 = i * BT
-        n = tl.minimum(T - t0, BT)
+def _tile_bounds(i, T, BT: tl.constexpr):
+    """First token and length of tile i (uniform BT tiles; the last may be shorter)."""
+    t0 = i * BT
+    n = tl.minimum(T - t0, BT)
     return t0, n
 
 
 @triton.jit
 def _scores_kernel(
-    q_ptr, k_ptr, p_ptr, g_ptr, tstart_ptr,
+    q_ptr, k_ptr, p_ptr, g_ptr,
     T, NT, H, DKF,
     DK: tl.constexpr, BT: tl.constexpr, BKC: tl.constexpr,
-    VAR_TILES: tl.constexpr, REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """P[b, h, tile] = (q k^T) * gamma^(i - j) for j <= i, else 0, over the tile's BT x BT block
     (gamma^(j - i) for j >= i with REVERSE)."""
@@ -120,7 +109,7 @@ def _scores_kernel(
     acc_dtype = tl.float64 if q_ptr.dtype.element_ty == tl.float64 else tl.float32
     mm_dtype = tl.float32 if DOT_F32 else q_ptr.dtype.element_ty
     g = tl.load(g_ptr + h).to(acc_dtype)
-    t0, n = _tile_bounds(tstart_ptr, i, T, BT, VAR_TILES)
+    t0, n = _tile_bounds(i, T, BT)
     offs_t = tl.arange(0, BT)
     rows = t0 + offs_t
     mask_t = offs_t < n
@@ -146,14 +135,12 @@ def _chunk_retention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, oacc_ptr, p_ptr, g_ptr,
     s0_ptr, s0_sb, s0_sh, s0_sk, s0_sv,  # initial state, any strides (a transpose works without a copy)
     st_ptr, st_sb, st_sh,  # final state, rows of DV floats
-    bst_ptr, bst_sn, bst_sb, bst_sh,  # boundary states [N, B, H, DK, DV] (rows of DV floats)
-    tstart_ptr, tbnd_ptr,  # tile table (first token of each tile, T last), boundary index per tile or -1
     T, NT, H, DKF,  # DKF: row length of q and k (K of the full tensors; DK may be a slice of it)
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     SCORES: tl.constexpr,  # 0: compute q k^T here, 1: load P, 2: load P transposed, 3: no intra-tile term
     ADD_O: tl.constexpr,  # add a float32 partial output (the other K slice) before storing
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_BND: tl.constexpr,
-    VAR_TILES: tl.constexpr, REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -169,7 +156,7 @@ def _chunk_retention_kernel(
     mask_k = offs_k < DK
     mask_v = offs_v < DV
     smask = mask_k[:, None] & mask_v[None, :]
-    s_off = offs_k[:, None] * DV + offs_v[None, :]  # inside one [DK, DV] block of st / bst
+    s_off = offs_k[:, None] * DV + offs_v[None, :]  # inside one [DK, DV] block of st
 
     # Token (b, t, h) of q is row (b * T + t) * H + h of DKF elements; 64-bit since B*T*H*K can pass 2**31.
     row0 = b.to(tl.int64) * T * H + h
@@ -199,7 +186,7 @@ def _chunk_retention_kernel(
             ti = NT - 1 - i
         else:
             ti = i
-        t0, n = _tile_bounds(tstart_ptr, ti, T, BT, VAR_TILES)
+        t0, n = _tile_bounds(ti, T, BT)
         rows = t0 + offs_t
         mask_t = offs_t < n
         # Position inside the tile in the direction of the recurrence (0 = first token processed).
@@ -237,12 +224,6 @@ def _chunk_retention_kernel(
         S = tl.dot(tl.trans(k), vw, S * tl.exp(g * n.to(acc_dtype)), input_precision=PRECISION,
                    out_dtype=acc_dtype)
 
-        if STORE_BND:
-            # Passage-aligned tiles: a passage that ends here ends exactly at this tile's end.
-            j = tl.load(tbnd_ptr + ti)
-            dst = bst_ptr + j.to(tl.int64) * bst_sn + b.to(tl.int64) * bst_sb + h * bst_sh + s_off
-            tl.store(dst, S, mask=tl.where(smask, j, -1) >= 0)
-
     if STORE_FINAL:
         tl.store(st_ptr + b.to(tl.int64) * st_sb + h * st_sh + s_off, S, mask=smask)
 
@@ -276,32 +257,6 @@ def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
     return cfg
 
 
-_TILE_CACHE: dict = {}
-
-
-def _tile_table(lengths: tuple, BT: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Passage-aligned tiles: every chunk cut into ceil(length / BT) tiles.
-
-    Returns (tile starts [NT + 1] with T last, boundary index per tile or -1), int32 on `device`.
-    """
-    key = (lengths, BT, str(device))
-    if key not in _TILE_CACHE:
-        starts, bnd, start = [], [], 0
-        for j, n in enumerate(lengths):
-            end = start + n
-            while start < end:
-                stop = min(start + BT, end)
-                starts.append(start)
-                bnd.append(j if stop == end else -1)
-                start = stop
-        starts.append(start)
-        if len(_TILE_CACHE) > 64:
-            _TILE_CACHE.clear()
-        _TILE_CACHE[key] = (torch.tensor(starts, dtype=torch.int32).to(device),
-                            torch.tensor(bnd, dtype=torch.int32).to(device))
-    return _TILE_CACHE[key]
-
-
 def _launch_scan(args, flags, cfg, BH, key):
     """Launch the scan; if a configuration needs more shared memory than the GPU has (the limit
     differs between GPUs and Triton versions), halve BV and remember the working setting."""
@@ -325,10 +280,10 @@ def _flags(dtype):
                 PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32")
 
 
-def retention_scores(q, k, log_decay, BT, tiles=None, reverse=False):
-    """P [B, H, NT, BT, BT]: decayed causal q k^T inside each tile (uniform or a tile table)."""
+def retention_scores(q, k, log_decay, BT, reverse=False):
+    """P [B, H, NT, BT, BT]: decayed causal q k^T inside each tile."""
     B, T, H, DK = q.shape
-    NT = triton.cdiv(T, BT) if tiles is None else tiles.numel() - 1
+    NT = triton.cdiv(T, BT)
     pdt = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else \
         (torch.float64 if q.dtype == torch.float64 else torch.float32)
     P = torch.empty(B, H, NT, BT, BT, device=q.device, dtype=pdt)
@@ -336,23 +291,22 @@ def retention_scores(q, k, log_decay, BT, tiles=None, reverse=False):
     if NT == 0:
         return P
     _scores_kernel[(NT, B * H)](
-        q, k, P, g, tiles if tiles is not None else P, T, NT, H, q.stride(2),
-        DK=DK, BT=BT, BKC=min(64, triton.next_power_of_2(DK)), VAR_TILES=tiles is not None, REVERSE=reverse,
+        q, k, P, g, T, NT, H, q.stride(2),
+        DK=DK, BT=BT, BKC=min(64, triton.next_power_of_2(DK)), REVERSE=reverse,
         num_warps=4, num_stages=2, **_flags(q.dtype))
     return P
 
 
-def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=False, chunk_lengths=None,
+def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=False,
                   scores=None, scores_transposed=False, want_scores=False):
-    """One retention scan. Returns (o, final state or None, boundary states or None, scores or None).
+    """One retention scan. Returns (o, final state or None, scores or None).
 
-    `init` [B, H, K, V] may have any strides. `chunk_lengths` (forward only) asks for the state
-    after every chunk, stacked as [len(chunk_lengths), B, H, K, V]. `scores` reuses a P tensor
-    made for the same tiling (transposed for reversed runs); `want_scores` returns the P it used.
+    `init` [B, H, K, V] may have any strides. `scores` reuses a P tensor made for the same
+    tiling (transposed for reversed runs); `want_scores` returns the P it used.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    assert k.shape == q.shape and v.shape[:3] == q.shape[:3] and not (reverse and chunk_lengths)
+    assert k.shape == q.shape and v.shape[:3] == q.shape[:3]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     g = log_decay.to(device=q.device, dtype=acc).contiguous()
@@ -362,19 +316,15 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
     cfgs = [_config(e - s, DV, q.dtype) for s, e in slices]
     BT = cfgs[0]["BT"]
     assert all(c["BT"] == BT for c in cfgs), "both K slices must use the same tile"
-    tiles = bnd = None
-    if chunk_lengths is not None:
-        tiles, bnd = _tile_table(tuple(chunk_lengths), BT, q.device)
-    NT = triton.cdiv(T, BT) if tiles is None else tiles.numel() - 1
+    NT = triton.cdiv(T, BT)
     if scores is None and (len(slices) > 1 or want_scores or not cfgs[0]["inline"]):
-        scores = retention_scores(q, k, g, BT, tiles, reverse)
+        scores = retention_scores(q, k, g, BT, reverse)
         scores_transposed = False
     if scores is not None:
         assert scores.shape == (B, H, NT, BT, BT), "scores made for another tiling"
 
     o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
     st = torch.empty(B, H, DK, DV, device=q.device, dtype=acc) if final_state else None
-    bst = torch.empty(len(chunk_lengths), B, H, DK, DV, device=q.device, dtype=acc) if tiles is not None else None
     if init is not None:
         assert init.shape == (B, H, DK, DV)
     oacc = torch.empty(B, T, H, DV, device=q.device, dtype=acc) if len(slices) > 1 else None
@@ -389,45 +339,36 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
             mode = 3  # the intra-tile term is added once, by the first slice
         s0 = init[:, :, s:e] if init is not None else None
         st_s = st[:, :, s:e] if st is not None else None
-        bst_s = bst[:, :, :, s:e] if bst is not None else None
         args = (
             q[..., s:e], k[..., s:e], v, o if last else oacc, oacc if oacc is not None else dummy,
             scores if scores is not None else dummy, g,
             s0 if s0 is not None else dummy, *(s0.stride() if s0 is not None else (0, 0, 0, 0)),
             st_s if st_s is not None else dummy, *(st_s.stride()[:2] if st_s is not None else (0, 0)),
-            bst_s if bst_s is not None else dummy, *(bst_s.stride()[:3] if bst_s is not None else (0, 0, 0)),
-            tiles if tiles is not None else dummy, bnd if bnd is not None else dummy,
             T, NT, H, DK,
         )
         flags = dict(DK=e - s, DV=DV, BK=triton.next_power_of_2(e - s), BT=BT, SCORES=mode, ADD_O=not first,
-                     HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, STORE_BND=bst_s is not None,
-                     VAR_TILES=tiles is not None, REVERSE=reverse, **_flags(q.dtype))
+                     HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, REVERSE=reverse, **_flags(q.dtype))
         _launch_scan(args, flags, cfg, B * H, (e - s, DV, q.dtype))
-    return o, st, bst, (scores if want_scores else None)
+    return o, st, (scores if want_scores else None)
 
 
 class ChunkRetentionFunction(torch.autograd.Function):
     """o, S_T = retention(q, k, v, S_{-1}); differentiable in q, k, v and the initial state.
 
-    Boundary states (if asked for) come back without gradient; log_decay gets none (it is a
-    fixed buffer in RetNet).
+    log_decay gets no gradient (it is a fixed buffer in RetNet).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, state, output_final_state, chunk_lengths):
+    def forward(ctx, q, k, v, log_decay, state, output_final_state):
         training = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 4))
-        # Keep the forward's scores for the dv run when they match the backward's uniform tiles.
-        keep = training and chunk_lengths is None
-        o, st, bst, P = retention_fwd(q, k, v, log_decay, state, final_state=output_final_state,
-                                      chunk_lengths=chunk_lengths, want_scores=keep)
+        # Keep the forward's scores for the backward's dv run.
+        o, st, P = retention_fwd(q, k, v, log_decay, state, final_state=output_final_state, want_scores=training)
         ctx.save_for_backward(q, k, v, log_decay, state, P)
         ctx.has_state = state is not None
-        if bst is not None:
-            ctx.mark_non_differentiable(bst)
-        return o, st, bst
+        return o, st
 
     @staticmethod
-    def backward(ctx, do, dst, _dbst):
+    def backward(ctx, do, dst):
         q, k, v, log_decay, state, P_f = ctx.saved_tensors
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         g = log_decay.to(device=q.device, dtype=acc)
@@ -438,25 +379,21 @@ class ChunkRetentionFunction(torch.autograd.Function):
         dq = dk = dv = ds0 = None
         P_b = None  # scores of (dO, v), shared by the dq run and (transposed) the dk run
         if ctx.needs_input_grad[0]:
-            dq, _, _, P_b = retention_fwd(do, v, k, g, state.transpose(2, 3) if ctx.has_state else None,
+            dq, _, P_b = retention_fwd(do, v, k, g, state.transpose(2, 3) if ctx.has_state else None,
                                           want_scores=ctx.needs_input_grad[1])
         if ctx.needs_input_grad[2] or need_ds0:
-            dv, ds0, _, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0,
+            dv, ds0, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0,
                                           scores=P_f, scores_transposed=True)
             if need_ds0:
                 ds0 = (ds0 * torch.exp(g)[None, :, None, None]).to(state.dtype)
         if ctx.needs_input_grad[1]:
-            dk, _, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
+            dk, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
                                         reverse=True, scores=P_b, scores_transposed=True)
-        return dq, dk, dv, None, ds0, None, None
+        return dq, dk, dv, None, ds0, None
 
 
-def chunk_retention_triton(q, k, v, log_decay, state=None, output_final_state=True, chunk_lengths=None):
-    """Autograd-aware entry point: (o, final state or None, boundary states or None).
-
-    Pass `chunk_lengths` only when the states after each chunk are wanted.
-    """
+def chunk_retention_triton(q, k, v, log_decay, state=None, output_final_state=True):
+    """Autograd-aware entry point: (o, final state or None)."""
     if state is not None and state.dtype != (torch.float64 if q.dtype == torch.float64 else torch.float32):
         state = state.float()
-    lengths = None if chunk_lengths is None else tuple(int(n) for n in chunk_lengths)
-    return ChunkRetentionFunction.apply(q, k, v, log_decay, state, output_final_state, lengths)
+    return ChunkRetentionFunction.apply(q, k, v, log_decay, state, output_final_state)

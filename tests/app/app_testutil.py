@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from app import layout as L
-from helpers import byte_tokenizer, make_model
+from app import prompt as L
+from tests.helpers import byte_tokenizer, make_model
 
 DOCS = {
     "rsync.txt": "Rsync copies files between machines. The -r option copies directories recursively. "
@@ -31,8 +31,9 @@ def tiny_model(vocab_size: int = 256, seed: int = 0, **overrides):
 
 
 def scripted_tokens(monkeypatch, ids):
-    """Make the decoder sample exactly ``ids`` (then repeat the last one)."""
-    import app.decoder as D
+    """Make the decode loop (retnet.generation.DecodeLoop, which the app's decoder runs) sample exactly
+    ``ids`` (then repeat the last one)."""
+    import retnet.generation as G
 
     seq = list(ids)
     calls = {"n": 0}
@@ -42,7 +43,7 @@ def scripted_tokens(monkeypatch, ids):
         calls["n"] += 1
         return torch.tensor([seq[i]])
 
-    monkeypatch.setattr(D, "next_token", fake_next_token)
+    monkeypatch.setattr(G, "next_token", fake_next_token)
     return calls
 
 

@@ -3,27 +3,14 @@ small document folders and collections built with the fast HashEmbedder."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pytest
+import torch
 
-# Under a bare `pytest` (not `python -m pytest`) the repository root is not on sys.path, and the
-# test folders tests/app and tests/retrieval (no __init__.py) would be imported as namespace
-# packages named `app` and `retrieval`, shadowing the real ones (the editable install's finder runs
-# after the path search). Put the root first and drop any such shadow before importing.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-for _name in ("app", "retrieval"):
-    if _name in sys.modules and getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
+from app.encoder import Reader
+from retrieval import HashEmbedder
+from tests.helpers import byte_tokenizer
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from app_testutil import DOCS, special_tokenizer, tiny_model  # noqa: E402
-
-from app.encoder import Reader  # noqa: E402
-from helpers import byte_tokenizer  # noqa: E402
-from retrieval import HashEmbedder  # noqa: E402
+from .app_testutil import DOCS, special_tokenizer, tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import builtins
 import subprocess
-import sys
 
 import pytest
 
 from app.cli import build_parser, main
 
-SUBCOMMANDS = ("ingest", "ask", "chat", "ui", "convert", "collections")
+SUBCOMMANDS = ("ingest", "ask", "chat", "convert", "collections")
 
 
 @pytest.fixture
@@ -146,13 +145,6 @@ def test_chat_autosaves_and_ends_on_eof(capsys, base, docs_dir, tmp_path, monkey
     assert code == 0 and session.is_file()
 
 
-def test_ui_without_the_ui_package(capsys, base, monkeypatch):
-    col, model = base
-    monkeypatch.setitem(sys.modules, "ui.app", None)  # as if ui/ had no app module
-    code, _, err = run(capsys, ["ui", *col, *model])
-    assert code == 1 and "web UI is not available" in err
-
-
 def test_convert_reports_bad_input(capsys, tmp_path):
     code, _, err = run(capsys, ["convert", tmp_path / "nothing", tmp_path / "out", "--source", "fla"])
     assert code in (1, 2) and "retnet-rag: error:" in err and "Traceback" not in err
@@ -167,17 +159,19 @@ def test_convert_passes_options_through(capsys, tmp_path, monkeypatch):
         seen.update(src=src, dst=dst, source=source, **options)
         if options.get("overwrite") is False:
             raise FileExistsError(f"{dst} exists and is not empty (pass overwrite=True to replace it)")
-        return {"source": "fla", "parameters": 123}
+        return {"source": "fla", "src": str(src), "dst": str(dst), "num_parameters": 123, "dtype": "bfloat16",
+                "config": {"num_layers": 2, "hidden_size": 8, "num_heads": 2}, "tokenizer_files": []}
 
     monkeypatch.setattr(retnet.convert, "convert_checkpoint", fake_convert)
     (tmp_path / "src").mkdir()
     code, out, _ = run(capsys, ["convert", tmp_path / "src", tmp_path / "dst", "--dtype", "bfloat16", "--overwrite"])
-    assert code == 0 and "converted" in out and "parameters: 123" in out
+    assert code == 0 and "converted" in out and "123 parameters" in out
     assert seen["source"] == "auto" and seen["dtype"] == "bfloat16" and seen["overwrite"] is True
     code, _, err = run(capsys, ["convert", tmp_path / "src", tmp_path / "dst", "--source", "fla"])
     assert code == 1 and "exists and is not empty" in err
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_script_is_installed():
     out = subprocess.run(["retnet-rag", "ask", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--collection" in out.stdout

@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_tests")
 
-from app_testutil import scripted_tokens, special_tokenizer, tiny_model  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
@@ -19,9 +18,11 @@ from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.runnables import RunnablePassthrough  # noqa: E402
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
-from app import layout as L  # noqa: E402
+from app import prompt as L  # noqa: E402
 from app.encoder import Reader  # noqa: E402
 from app.langchain import ChatRetNet, CollectionRetriever, RetNetLLM, format_passages, get_reader, rag_prompt  # noqa: E402
+
+from .app_testutil import scripted_tokens, special_tokenizer, tiny_model  # noqa: E402
 
 
 @cache

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from app_testutil import text_pdf
 
 from app import Answer, CollectionNotFoundError, ModelNotFoundError, MultiDocQA
 from app.encoder import Reader
 from retrieval import HashEmbedder
+
+from .app_testutil import text_pdf
 
 
 def test_ask_cites_documents_pages_and_passages(qa, docs_dir):
@@ -98,6 +99,7 @@ def test_model_dir_loads(tiny_model_dir):
     assert qa.ask("hi?").usage.answer_tokens <= 3
 
 
+@pytest.mark.slow  # loads the real embedder
 def test_real_minilm_embedder_finds_meaning(tmp_path, model, byte_tok):
     """The one test with the real all-MiniLM-L6-v2: retrieval by meaning, not shared words."""
     from retrieval import SentenceTransformerEmbedder

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from app_testutil import scripted_tokens
 
-from app import layout as L
+from app import prompt as L
 from app.cache import PrefixCache, chain_key
 from app.decoder import AnswerStream
 from app.encoder import Reader
+
+from .app_testutil import scripted_tokens
 
 PASSAGES = [L.PassageText("Rsync copies files. The -r option recurses into directories.", "rsync"),
             L.PassageText("Gzip compresses files. The -d option decompresses them.", "gzip"),

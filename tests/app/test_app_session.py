@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from app_testutil import tiny_model
 
 import app.session as session_module
 from app import (
@@ -18,6 +17,8 @@ from app import (
 )
 from app.encoder import Reader
 from retnet import RetentionState
+
+from .app_testutil import tiny_model
 
 
 def same_state(a, b) -> bool:

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from retrieval_testdata import assert_consistent, text_pdf, write
 
-import retrieval.collection as collection_module
+import retrieval.ingest as ingest_module
 from retrieval import HashEmbedder
+
+from .retrieval_testdata import assert_consistent, text_pdf, write
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,14 +101,14 @@ def test_file_over_size_limit(make_collection, tmp_path):
 
 
 def test_unexpected_loader_error_costs_one_file(make_collection, tmp_path, monkeypatch):
-    real = collection_module.load_document
+    real = ingest_module.load_document
 
     def flaky(path, data=None, max_bytes=None):
         if Path(path).name == "boom.txt":
             raise RuntimeError("loader bug")
         return real(path, data)
 
-    monkeypatch.setattr(collection_module, "load_document", flaky)
+    monkeypatch.setattr(ingest_module, "load_document", flaky)
     write(tmp_path / "u" / "boom.txt", "x")
     write(tmp_path / "u" / "fine.txt", "y")
     report = make_collection().add(tmp_path / "u")

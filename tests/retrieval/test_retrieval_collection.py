@@ -6,10 +6,11 @@ import time
 
 import numpy as np
 import pytest
-from retrieval_testdata import assert_consistent, text_pdf, write
 
 import retrieval.index as index_module
 from retrieval import Collection, CollectionError, Document, HashEmbedder, Page, Splitter, load_document
+
+from .retrieval_testdata import assert_consistent, text_pdf, write
 
 ANIMALS = "Cats sleep most of the day in warm sunny spots.\n\nDogs bark at the mailman every morning."
 SPACE = "Rockets need a lot of fuel to reach orbit.\n\nThe moon has no atmosphere at all."

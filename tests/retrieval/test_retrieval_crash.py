@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from retrieval_testdata import assert_consistent, on_disk_state, write
 
 from retrieval import Collection, HashEmbedder
 
+from .retrieval_testdata import assert_consistent, on_disk_state, write
+
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # kill -9 of subprocesses
 
 # Ingests two folders with a delete in between, in small batches. With checkpoint 0 the
 # index is saved after every batch, so a kill can land in embedding, in a SQLite commit

@@ -5,10 +5,11 @@ from __future__ import annotations
 import codecs
 
 import pytest
-from retrieval_testdata import text_pdf, write
 
 from retrieval import LoadError, content_id, iter_files, load_document
 from retrieval.loaders import read_bytes
+
+from .retrieval_testdata import text_pdf, write
 
 
 def test_text_file(tmp_path):

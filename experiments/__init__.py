@@ -1,0 +1,1 @@
+"""Toy training studies (not product code): run from the repository root as python -m experiments.NAME."""

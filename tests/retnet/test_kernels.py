@@ -1,0 +1,302 @@
+"""Triton retention kernels against the pure-PyTorch reference.
+
+Without a GPU these run the kernels in Triton's interpreter (TRITON_INTERPRET=1, set
+below before the kernels are imported) at small awkward sizes: T not a multiple of
+the tile, K != V, K not a power of two, several value-column blocks, chunk layouts
+shorter and longer than the tile, with and without an initial state. Forward
+outputs, final states and the gradients of q, k, v and the initial
+state are compared in float64 (to rounding) and float32; bf16/fp16 inputs get
+loose tolerances. On a machine with CUDA they run on the GPU instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # before anything compiles a kernel
+pytest.importorskip("triton")
+
+import retnet.ops as ops  # noqa: E402
+from retnet.ops import reference, triton_chunk, triton_decode  # noqa: E402
+
+DEV = "cuda" if ON_GPU else "cpu"
+
+pytestmark = pytest.mark.slow  # the Triton interpreter on CPU
+
+
+def log_decay(H, dtype=torch.float64, fast=False):
+    # fast=True: stronger decay than RetNet's so that short tests still see it act.
+    first = -2.0 if fast else -5.0
+    return torch.log(1 - 2.0 ** (first - torch.arange(H, dtype=dtype))).to(DEV)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def inputs(B, T, H, K, V, dtype, state=True, grad=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def mk(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEV, dt).requires_grad_(grad)
+
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return mk(B, T, H, K), mk(B, T, H, K), mk(B, T, H, V), (mk(B, H, K, V, dt=sdt) if state else None)
+
+
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,K,V,lengths,with_state", [
+    (37, 16, 24, [37], True),                    # one chunk, T not a multiple of the tile
+    (70, 16, 40, [5, 11, 1, 33, 20], False),     # chunks shorter and longer than the tile, 2 V blocks
+    (130, 20, 16, [64, 2, 16, 48], True),        # K not a power of two, boundaries on tile ends
+    (16, 32, 8, [16], True),                     # exactly one tile, V smaller than K
+])
+def test_forward_matches_reference(dtype, T, K, V, lengths, with_state):
+    B, H = 2, 3
+    q, k, v, s0 = inputs(B, T, H, K, V, dtype, state=with_state)
+    ld = log_decay(H, fast=True)
+    o, st = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="triton")
+    ro, rst = reference.naive_retention_recurrent(q.double(), k.double(), v.double(), ld,
+                                            None if s0 is None else s0.double())
+    assert o.dtype == dtype and o.shape == (B, T, H, V)
+    assert st.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = TOL[dtype]
+    assert rel(o, ro) < tol
+    # The state is kept in float32 even for half inputs; only rounding of dot operands remains.
+    stol = tol if dtype in (torch.float64, torch.float32) else tol / 2
+    assert rel(st, rst) < stol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,K,V,with_state,final_grad", [
+    (37, 16, 24, True, True),
+    (70, 20, 16, False, True),
+    (130, 16, 40, True, False),
+])
+def test_gradients_match_reference(dtype, T, K, V, with_state, final_grad):
+    B, H = 2, 2
+    q, k, v, s0 = inputs(B, T, H, K, V, dtype, state=with_state, grad=True)
+    ld = log_decay(H, fast=True)
+    gen = torch.Generator().manual_seed(1)
+    do = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64).to(DEV, dtype)
+    dst = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64).to(DEV)
+    leaves = [t for t in (q, k, v, s0) if t is not None]
+
+    def grads(backend):
+        o, st = ops.chunk_retention(q, k, v, ld, [T], state=s0, backend=backend)
+        loss = (o * do).sum() + ((st * dst.to(st.dtype)).sum() if final_grad else 0)
+        return torch.autograd.grad(loss, leaves)
+
+    for got, want in zip(grads("triton"), grads("reference"), strict=True):
+        assert rel(got, want) < TOL[dtype]
+
+
+def test_gradients_half_inputs():
+    B, T, H, K, V = 1, 45, 2, 16, 24
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.bfloat16, grad=True)
+    ld = log_decay(H, fast=True)
+    do = torch.randn(B, T, H, V).to(DEV, torch.bfloat16)
+    o, st = ops.chunk_retention(q, k, v, ld, [20, 25], state=s0, backend="triton")
+    got = torch.autograd.grad((o.float() * do.float()).sum() + st.sum(), (q, k, v, s0))
+    qd, kd, vd, sd = (t.detach().double().requires_grad_() for t in (q, k, v, s0))
+    ro, rst = reference.naive_retention_recurrent(qd, kd, vd, ld, sd)
+    want = torch.autograd.grad((ro * do.double()).sum() + rst.sum(), (qd, kd, vd, sd))
+    assert [t.dtype for t in got] == [torch.bfloat16] * 3 + [torch.float32]
+    for a, b in zip(got, want, strict=True):
+        assert rel(a, b) < 2e-2
+
+
+def test_output_independent_of_chunk_layout():
+    B, T, H, K, V = 1, 90, 2, 16, 16
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float64)
+    ld = log_decay(H)
+    outs = [ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend=backend)
+            for lengths in ([90], [1] * 90, [17, 3, 70], [64, 26]) for backend in ("triton", "reference")]
+    for o, st in outs[1:]:
+        assert rel(o, outs[0][0]) < 1e-13 and rel(st, outs[0][1]) < 1e-13
+
+
+@pytest.mark.parametrize("K,V,max_slice,cfg,cfg_t", [
+    # (K, V) settings for the forward and dv runs, (V, K) ones for the dq and dk runs.
+    (16, 40, 256, dict(BT=32, BV=16, num_warps=4, num_stages=2, inline=False),
+     dict(BT=32, BV=8, num_warps=4, num_stages=2, inline=True)),
+    # Keys wider than one slice: two scans, the second adding to the first's float32 output.
+    (20, 24, 16, dict(BT=64, BV=64, num_warps=4, num_stages=2),
+     dict(BT=16, BV=16, num_warps=4, num_stages=2, inline=False)),
+])
+def test_other_tile_shapes(K, V, max_slice, cfg, cfg_t, monkeypatch):
+    """The GPU uses 64-token tiles, precomputed scores and two K slices above 256; check that
+    other tilings and both ways of getting the scores compute the same function."""
+    B, T, H = 1, 100, 2
+    monkeypatch.setattr(triton_chunk, "MAX_SLICE", max_slice)
+    for k_, v_, c in ((K, V, cfg), (V, K, cfg_t)):
+        for width in {min(k_, max_slice), k_ - max_slice}:
+            if width > 0:
+                monkeypatch.setitem(triton_chunk.CONFIG_OVERRIDE, (width, v_, torch.float64), c)
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float64, grad=True)
+    ld = log_decay(H, fast=True)
+    for lengths in ([T], [7, 60, 33]):
+        got = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="triton")
+        want = ops.chunk_retention(q, k, v, ld, lengths, state=s0, backend="reference")
+        for a, b in zip(got, want, strict=True):
+            assert rel(a, b) < 1e-12
+        g1 = torch.autograd.grad(got[0].sum() + got[1].sum(), (q, k, v, s0))
+        g2 = torch.autograd.grad(want[0].sum() + want[1].sum(), (q, k, v, s0))
+        for a, b in zip(g1, g2, strict=True):
+            assert rel(a, b) < 1e-12
+
+
+def test_too_wide_keys_are_refused(monkeypatch):
+    monkeypatch.setattr(triton_chunk, "MAX_SLICE", 16)
+    q, k, v, _ = inputs(1, 5, 1, 40, 8, torch.float64)
+    with pytest.raises(ValueError, match="K up to"):
+        triton_chunk.retention_fwd(q, k, v, log_decay(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,with_state", [(1, True), (5, False), (19, True)])
+def test_recurrent_kernel(dtype, T, with_state):
+    B, H, K, V = 2, 3, 20, 24
+    q, k, v, s0 = inputs(B, T, H, K, V, dtype, state=with_state)
+    ld = log_decay(H, fast=True)
+    with torch.no_grad():
+        o, st = ops.recurrent_retention(q, k, v, ld, state=s0, backend="triton")
+    ro, rst = reference.naive_retention_recurrent(q.double(), k.double(), v.double(), ld,
+                                            None if s0 is None else s0.double())
+    assert rel(o, ro) < TOL[dtype] and rel(st, rst) < TOL[dtype]
+    # With gradients wanted, the recurrent form goes through the chunkwise autograd.
+    q.requires_grad_(True)
+    o2, _ = ops.recurrent_retention(q, k, v, ld, state=s0, backend="triton")
+    assert rel(o2, ro) < TOL[dtype] and o2.requires_grad
+
+
+@pytest.mark.parametrize("four_d", [False, True])
+def test_retention_step_in_place(four_d):
+    B, H, K, V = 3, 2, 16, 40
+    gen = torch.Generator().manual_seed(3)
+    shape_k, shape_v = ((B, 1, H, K), (B, 1, H, V)) if four_d else ((B, H, K), (B, H, V))
+    q, k = (torch.randn(*shape_k, generator=gen).to(DEV) for _ in range(2))
+    v = torch.randn(*shape_v, generator=gen).to(DEV)
+    s = torch.randn(B, H, K, V, generator=gen).to(DEV)
+    ld = log_decay(H, dtype=torch.float32, fast=True)
+    s_ref = s.clone()
+    o_ref = ops.retention_step(q, k, v, ld, s_ref, backend="reference")
+    ptr = s.data_ptr()
+    o = ops.retention_step(q, k, v, ld, s, backend="triton")
+    assert s.data_ptr() == ptr and o.shape == shape_v
+    assert rel(o, o_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+
+
+def test_step_sequence_equals_recurrent():
+    B, T, H, K, V = 1, 6, 2, 16, 24
+    q, k, v, _ = inputs(B, T, H, K, V, torch.float32, state=False)
+    ld = log_decay(H, dtype=torch.float32, fast=True)
+    s = torch.zeros(B, H, K, V, device=DEV)
+    outs = [ops.retention_step(q[:, t], k[:, t], v[:, t], ld, s, backend="triton") for t in range(T)]
+    ro, rst = reference.naive_retention_recurrent(q, k, v, ld)
+    assert rel(torch.stack(outs, 1), ro) < 1e-5 and rel(s, rst) < 1e-5
+
+
+def test_dispatch_rules(monkeypatch):
+    B, T, H, K, V = 1, 20, 2, 16, 16
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float32)
+    ld = log_decay(H, dtype=torch.float32)
+    # auto: reference on CPU, triton on CUDA.
+    assert ops._resolve("auto", q) == ("triton" if ON_GPU else "reference")
+    assert ops._resolve(None, torch.zeros(1)) in ("reference", "triton")
+    monkeypatch.setattr(ops, "_default_backend", "auto")
+    ops.set_backend("reference")
+    assert ops.get_backend() == "reference" and ops._resolve(None, q) == "reference"
+    ops.set_backend("triton")
+    assert ops._resolve(None, q) == "triton"
+    ops.set_backend("auto")
+    with pytest.raises(ValueError):
+        ops.set_backend("cuda")
+    if not ON_GPU:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="CUDA"):
+            ops.chunk_retention(q, k, v, ld, [T], backend="triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # The environment variable is read at import.
+    import importlib
+    import subprocess
+    import sys
+    code = "import retnet.ops as o; print(o.get_backend())"
+    env = dict(os.environ, RETNET_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+    assert importlib.import_module("retnet.ops") is ops
+
+
+def test_triton_falls_back_for_masks_and_learned_decay():
+    B, T, H, K, V = 2, 21, 2, 16, 16
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float64)
+    ld = log_decay(H)
+    mask = torch.ones(B, T, dtype=torch.bool, device=DEV)
+    mask[0, :4] = False
+    o, st = ops.chunk_retention(q, k, v, ld, [10, 11], state=s0, mask=mask, backend="triton")
+    ro, rst = reference.naive_retention_chunkwise(q, k, v, ld, [10, 11], state=s0, mask=mask)
+    assert torch.equal(o, ro) and torch.equal(st, rst)
+    ldg = ld.clone().requires_grad_(True)
+    o, _ = ops.parallel_retention(q, k, v, ldg, state=s0, backend="triton")
+    (g,) = torch.autograd.grad(o.sum(), ldg)
+    assert torch.isfinite(g).all()
+
+
+def test_forms_and_options_on_triton():
+    B, T, H, K, V = 1, 33, 2, 16, 24
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float64)
+    ld = log_decay(H, fast=True)
+    ro, rst = reference.naive_retention_parallel(q, k, v, ld, state=s0)
+    for fn in (ops.parallel_retention, ops.recurrent_retention):
+        o, st = fn(q, k, v, ld, state=s0, backend="triton")
+        assert rel(o, ro) < 1e-12 and rel(st, rst) < 1e-12
+        o, st = fn(q, k, v, ld, state=s0, backend="triton", output_final_state=False)
+        assert st is None and rel(o, ro) < 1e-12
+    o, st = ops.chunk_retention(q, k, v, ld, [T], backend="triton", output_final_state=False)
+    assert st is None
+    with pytest.raises(ValueError, match="sum to 30"):  # refused alike on both backends
+        ops.chunk_retention(q, k, v, ld, [3, 27], state=s0, backend="triton")
+
+
+def test_decode_config_blocks(monkeypatch):
+    """Several value-column programs per head, K padded to a power of two."""
+    monkeypatch.setitem(triton_decode.CONFIG_OVERRIDE, (20, 40), dict(BV=8, num_warps=4))
+    B, T, H, K, V = 2, 4, 2, 20, 40
+    q, k, v, s0 = inputs(B, T, H, K, V, torch.float32)
+    ld = log_decay(H, dtype=torch.float32, fast=True)
+    o, st = triton_decode.recurrent_fwd(q, k, v, ld, s0)
+    ro, rst = reference.naive_retention_recurrent(q, k, v, ld, s0)
+    assert rel(o, ro) < 1e-5 and rel(st, rst) < 1e-5
+
+
+def test_shared_memory_fallback_halves_bv(monkeypatch):
+    """A config too big for the GPU's shared memory is retried with narrower state slices."""
+    from triton.runtime.errors import OutOfResources
+
+    seen = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            def launch(*args, BV, **kwargs):
+                seen.append((grid, BV, kwargs["num_warps"]))
+                if BV > 16:
+                    raise OutOfResources(300000, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(triton_chunk, "_chunk_retention_kernel", FakeKernel())
+    monkeypatch.setattr(triton_chunk, "CONFIG_OVERRIDE", {})
+    key = (256, 512, torch.bfloat16)
+    cfg = dict(BT=64, BV=64, num_warps=8, num_stages=2, inline=True)
+    triton_chunk._launch_scan((), dict(DV=512), cfg, 32, key)
+    assert seen == [((8, 32), 64, 8), ((16, 32), 32, 4), ((32, 32), 16, 4)]
+    assert triton_chunk.CONFIG_OVERRIDE[key]["BV"] == 16
