@@ -26,7 +26,8 @@ _EXPORTS = {
     "retrieve": "retrieve", "AppError": "errors", "EmptyQuestionError": "errors",
     "QuestionTooLongError": "errors", "ModelNotFoundError": "errors", "CollectionNotFoundError": "errors",
     "SessionFileError": "errors", "SessionModelMismatchError": "errors", "LAYOUTS": "prompt",
-    "DEFAULT_LAYOUT": "prompt", "encode_turn": "prompt", "TurnTokens": "prompt",
+    "DEFAULT_LAYOUT": "prompt", "encode_turn": "prompt", "TurnTokens": "prompt", "REFUSAL": "prompt",
+    "Quote": "types",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -54,8 +54,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"passages per question (default {DEFAULT_K})")
     p.add_argument("--no-rerank", action="store_true",
                    help="use the embedder's ranking as is (default: re-rank candidates by exact terms too)")
-    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
-                   help=f"how passages and question are laid out (default {DEFAULT_LAYOUT}; see app/prompt.py)")
+    p.add_argument("--layout", choices=(*LAYOUTS, "chatml"), default=None,
+                   help=f"how passages and question are laid out (default: the model's own: chatml for chat "
+                        f"tokenizers, else {DEFAULT_LAYOUT}; see app/prompt.py, app/chatml.py)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS, metavar="N",
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Long-context RAG on RetNet: ask questions over your documents.",
         epilog="Run 'retnet-rag COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="add files and folders to a collection (creating it if needed)",
@@ -111,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
                                              "model.safetensors).", epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter))
 
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the 'server' extra)",
+                       description="Serve /v1/chat/completions (with streaming), /v1/models and /health for OpenAI "
+                                   "clients and other front ends. The model name picks the collection: "
+                                   "'retnet-rag:NAME' answers from collection NAME of --data-dir; 'retnet-rag' (or "
+                                   "any other name) from --collection, or from the messages alone without one. "
+                                   "--max-new-tokens is the answer length when a request sets no max_tokens.")
+    _collection_args(p, required=False)
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--queue-size", type=int, default=16, metavar="N",
+                   help="requests that may wait for the model; more are refused with 503 (default 16)")
+
+    p = sub.add_parser("ui", help="the chat page in a browser (Gradio)",
+                       description="Serve the Gradio chat page: streaming answers with sources, uploads, "
+                                   "collections, one conversation per browser. Needs the ui extra: "
+                                   "pip install 'retnet-rag[ui]'.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    _collection_args(p, required=False)
+    _model_args(p)
+
     p = sub.add_parser("collections", help="list collections and their documents",
                        description="List the collections in the data directory and their documents.")
     p.add_argument("--data-dir", metavar="DIR", type=Path)
@@ -118,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def package_version() -> str:
+    """The installed package's version; in a checkout that was never installed, pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("retnet-rag")
+    except PackageNotFoundError:
+        import re
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
+        return m.group(1) if m else "unknown"
+
+
 def _err(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
@@ -173,15 +212,21 @@ def _add(qa, paths) -> None:
     _info(report.summary())
 
 
-def _print_sources(sources, out=None) -> None:
+def _print_sources(sources, out=None, quotes=()) -> None:
     out = out or sys.stdout
     if not sources:
         print("(no sources: the collection returned no passages)", file=out)
         return
     print("Sources:", file=out)
     for s in sources:
-        print(f"  [{s.n}] {s.cite()} - {s.source}", file=out)
+        mine = [q for q in quotes if q.source is s]
+        print(f"  [{s.n}] {s.cite()} - {s.source}" + (" (quoted)" if mine else ""), file=out)
         print(f"      {s.snippet(200)}", file=out)
+        for q in mine:  # the quoted words, marked in their context, with where they are in the document
+            pre, post = s.text[max(0, q.start - 60) : q.start], s.text[q.end : q.end + 60]
+            where = f"p. {q.page}, " if q.page is not None else ""
+            print(f"      quote ({where}chars {q.doc_start}-{q.doc_end}): "
+                  f"{' '.join(f'...{pre}>>{q.text}<<{post}...'.split())}", file=out)
 
 
 def _stream_answer(session, question: str, out=None):
@@ -235,7 +280,7 @@ def cmd_ask(args) -> int:
             answer = _stream_answer(session, question)
             if not args.no_sources:
                 print()
-                _print_sources(answer.sources)
+                _print_sources(answer.sources, quotes=answer.quotes)
         if args.session:
             session.save(args.session)
         t = answer.timings
@@ -272,7 +317,8 @@ def cmd_chat(args) -> int:
                     if cmd == "/help":
                         print(CHAT_HELP)
                     elif cmd == "/sources":
-                        _print_sources(session.sources) if session.turns else print("(no answer yet)")
+                        _print_sources(session.sources, quotes=session.turns[-1].quotes) if session.turns else print(
+                            "(no answer yet)")
                     elif cmd == "/reset":
                         session.reset()
                         print("(conversation reset)")
@@ -305,7 +351,10 @@ def cmd_convert(args) -> int:
 
     try:
         report = convert_from_args(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # CheckpointError is a ValueError
+    except FileExistsError as e:  # the library's message speaks to Python callers (overwrite=True)
+        msg = str(e).replace("overwrite=True", "--overwrite")
+        raise AppError(msg if "--overwrite" in msg else f"{msg} (pass --overwrite to replace it)") from None
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         raise AppError(str(e)) from None
     print(summary(report))
     return 0
@@ -328,8 +377,31 @@ def cmd_collections(args) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "convert": cmd_convert,
-            "collections": cmd_collections}
+def cmd_serve(args) -> int:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise AppError(str(e)) from None
+    _check_collection_exists(args)
+    with _open_qa(args, create=False) as qa:
+        serve(qa, args.host, args.port, args.queue_size, data_dir=args.data_dir)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    try:
+        from ui.app import launch
+    except ImportError as e:
+        raise AppError(f"the UI needs Gradio ({e}): pip install 'retnet-rag[ui]'") from None
+    _check_collection_exists(args)
+    with _open_qa(argparse.Namespace(**{**vars(args), "collection": None}), create=False) as qa:
+        launch(qa, data_dir=args.data_dir, embedder=_embedder(args), collection=args.collection, host=args.host,
+               port=args.port, share=args.share)
+    return 0
+
+
+COMMANDS = {"ui": cmd_ui, "ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "convert": cmd_convert,
+            "collections": cmd_collections, "serve": cmd_serve}
 
 
 def _is_user_error(e: BaseException) -> bool:

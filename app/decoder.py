@@ -11,6 +11,12 @@ tokens were read before it could be recognised and stay.
 Text is held back while it could still be the start of a stop string, so a stop
 string never leaks into the output, and bytes of a character split over tokens
 are held until the character is complete.
+
+With ``AnswerOptions.grounded`` (and passages to quote) the loop samples under
+``app.grounding.Grounding``'s mask and the answer carries its quotes. With
+``refuse`` a weak answer is ``REFUSAL`` and the state reads that sentence
+instead: decided before decoding for the "support" score, after it for "logprob" (whose
+pieces are held until then).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from retnet import RetentionState
 from retnet.generation import DecodeLoop, SamplingConfig, StopTextBuffer
 
 from .cache import chain_key
-from .types import Answer, Source, Timings, Usage
+from .grounding import REFUSAL, REFUSAL_THRESHOLDS, Grounding, support
+from .types import Answer, Quote, Source, Timings, Usage
 
 
 class AnswerStream:
@@ -59,6 +66,26 @@ class AnswerStream:
         self._on_finish = on_finish
         self._lock = lock
         self._answer: Answer | None = None
+        self.quotes: list[Quote] = []
+        self.refused = False
+        self._before: RetentionState | None = None
+        opts = getattr(reader, "options", None)
+        self.grounding: Grounding | None = None
+        self._check_logprob: float | None = None  # the threshold for the quote's mean log-prob, if that decides
+        self._refuse_first = False
+        if opts is not None and opts.grounded and self.sources:
+            stops = reader.stops
+            self.grounding = Grounding.for_sources(reader.tokenizer, self.sources, stops.end_token_id,
+                                                   sorted(stops.stop_token_ids), opts.grounded_free_tokens,
+                                                   opts.grounded_min_tokens)
+            if self.grounding is not None and opts.refuse:
+                threshold = opts.refusal_threshold
+                if threshold is None:
+                    threshold = REFUSAL_THRESHOLDS[opts.refusal_score]
+                if opts.refusal_score == "support":
+                    self._refuse_first = support(question, self.sources) < threshold
+                else:
+                    self._check_logprob = threshold
         self._gen = self._run()
 
     # -- iteration -----------------------------------------------------------------------------
@@ -74,13 +101,26 @@ class AnswerStream:
     def _run(self) -> Iterator[str]:
         stops = self.reader.stops
         text = StopTextBuffer(self.reader.tokenizer, self.stop_strings)
-        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg)
+        if self._refuse_first:  # nothing to decode: the passages do not hold what the question asks about
+            self.timings.first_token_s = time.perf_counter() - self.started
+            self._t_first = time.perf_counter()
+            self._before = self.state
+            self._finish("refused")
+            yield self.text
+            return
+        grounding = self.grounding
+        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg, logits_processor=grounding)
+        # A refusal replaces the answer in the state too: keep the state from before it.
+        self._before = self.state.clone() if self._check_logprob is not None else None
+        held: list[str] = []
         reason = "length"
         for tokens in loop:
             tok = int(tokens[0])
             if not self.token_ids and self.timings.first_token_s == 0.0:
                 self.timings.first_token_s = time.perf_counter() - self.started
                 self._t_first = time.perf_counter()
+            if grounding is not None:
+                grounding.step(tok, len(text.text))
             if tok in stops.stop_token_ids:  # a marker is never read: _finish reads the end marker instead
                 reason = "eos" if tok == stops.end_token_id else "stop"
                 break
@@ -93,9 +133,19 @@ class AnswerStream:
                 reason = "stop"
                 break
             if piece:
-                yield piece
-        self._finish(reason)
+                if self._before is None:
+                    yield piece
+                else:
+                    held.append(piece)
+            if grounding is not None and grounding.done:  # the quote reached the end of its passage
+                reason = "eos"
+                break
         rest = text.flush()
+        self._finish(reason)
+        if self.refused:
+            yield self.text
+            return
+        yield from held
         if rest:
             yield rest
 
@@ -104,6 +154,14 @@ class AnswerStream:
             return
         self.finished = True
         self.stop_reason = reason
+        if reason == "refused":
+            self._refuse()
+        elif self.grounding is not None:
+            self.quotes = self.grounding.quotes(self._raw)
+            score = self.grounding.score()
+            if self._check_logprob is not None and reason != "cancelled" and (
+                    score is None or score < self._check_logprob):
+                self._refuse()
         end = list(self.reader.stops.end_ids)
         self.state, _ = self.reader.feed(self.state, end)
         self.key = chain_key(self.key, self.token_ids + end)
@@ -118,9 +176,17 @@ class AnswerStream:
         self.text = self._raw.strip()
         self.usage.answer_tokens = n
         self.usage.state_bytes = self.state.nbytes
-        self._answer = Answer(self.question, self.text, self.sources, reason, self.usage, self.timings)
+        self._answer = Answer(self.question, self.text, self.sources, self.stop_reason, self.usage, self.timings,
+                              list(self.quotes), self.refused)
         if self._on_finish is not None:
             self._on_finish(self)
+
+    def _refuse(self) -> None:
+        """Replace the answer with the refusal sentence, in the text and in the state."""
+        ids = self.reader.encode(REFUSAL)
+        self.state, _ = self.reader.feed(self._before, ids)
+        self.token_ids, self._raw, self.quotes = ids, REFUSAL, []
+        self.refused, self.stop_reason = True, "refused"
 
     # -- ending ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -29,6 +29,8 @@ from retnet.generation import SamplingConfig
 
 from . import prompt as L
 from .cache import PrefixCache, chain_key, root_key
+from .chatml import LAYOUT as CHAT_LAYOUT
+from .chatml import chat_stop_conventions, encode_chat_turn, is_chat_tokenizer
 from .defaults import DEFAULT_CACHE_BYTES, default_model_dir
 from .errors import EmptyQuestionError, ModelNotFoundError, QuestionTooLongError
 from .options import SAMPLING_FIELDS, AnswerOptions
@@ -88,7 +90,12 @@ class Reader:
         self.options = options = AnswerOptions.build(options, **overrides)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.layout = options.layout
+        # The prompt format follows the tokenizer: ChatML for chat models (app.chatml), markers otherwise.
+        self.chat = is_chat_tokenizer(tokenizer)
+        self.layout = options.layout or (CHAT_LAYOUT if self.chat else L.DEFAULT_LAYOUT)
+        if self.chat != (self.layout == CHAT_LAYOUT):
+            raise ValueError(f"layout {self.layout!r} does not fit this tokenizer; use "
+                             f"{CHAT_LAYOUT!r} for chat tokenizers and one of {L.LAYOUTS} otherwise")
         self.max_chunk = int(options.max_chunk or min(L.DEFAULT_MAX_CHUNK, model.config.max_chunk_length))
         self.max_question_tokens = options.max_question_tokens
         self.instructions = options.instructions
@@ -98,7 +105,7 @@ class Reader:
         if cache_snapshots not in SNAPSHOT_POLICIES:
             raise ValueError(f"cache_snapshots must be one of {SNAPSHOT_POLICIES}, got {cache_snapshots!r}")
         self.cache_snapshots = cache_snapshots
-        self.stops = L.stop_conventions(tokenizer, options.stop)
+        self.stops = (chat_stop_conventions if self.chat else L.stop_conventions)(tokenizer, options.stop)
         self.sampling = options.sampling
 
     @classmethod
@@ -154,6 +161,9 @@ class Reader:
 
     def layout_turn(self, question: str, passages: Sequence[Any] = (), *, first_turn: bool = False,
                     layout: str | None = None, instructions: str | None = None) -> L.TurnTokens:
+        if self.chat:
+            return encode_chat_turn(self.tokenizer, question, passages, self.max_chunk, first_turn=first_turn,
+                                    instructions=instructions or self.instructions)
         return L.encode_turn(self.tokenizer, question, passages, layout or self.layout, self.max_chunk,
                              instructions=(instructions or self.instructions) if first_turn else None)
 

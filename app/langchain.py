@@ -21,6 +21,13 @@ AI -> ``<|answer|>...<|endoftext|>``, tool/other messages -> ``<|passage|>``.
 
 ``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
 parameters) and ignored: the model runs locally.
+
+With a grounded reader (``reader=Reader(..., grounded=True)``, see app.grounding) the answer
+quotes the passages of the input, and the quoted spans come back in the metadata
+(``response_metadata["quotes"]`` of the chat message, ``generation_info["quotes"]`` of the LLM's
+last streamed chunk): each with ``source`` (the passage's number in the order read, 1 = first),
+character offsets ``start``/``end`` into that passage's text, the ``text`` and its ``score``;
+``refused`` says whether the answer is the refusal sentence.
 """
 
 from __future__ import annotations
@@ -118,10 +125,13 @@ class _RetNetParams(BaseModel):
         ing = reader.ingest_chunks(turn.prompt_ids, turn.prompt_chunk_lengths,
                                    turn.segment_end[: len(turn.prompt_chunk_lengths)], reader.new_state(),
                                    reader.root_key())
+        from .grounding import passages_from_turn
         from .types import Usage
 
+        # Grounding needs the passages' text; a plain reader never reads it.
+        sources = passages_from_turn(reader.tokenizer, turn) if getattr(reader.options, "grounded", False) else ()
         return AnswerStream(reader, ing.state, ing.logits, ing.key, sampling=cfg, stop_strings=stops,
-                            usage=Usage(ing.prompt_tokens, ing.cached_tokens))
+                            usage=Usage(ing.prompt_tokens, ing.cached_tokens), sources=sources)
 
     def _params(self) -> dict:
         return {"model_name": self.model_name, "model_path": self.model_path, "max_tokens": self.max_tokens,
@@ -182,7 +192,7 @@ class RetNetLLM(_RetNetParams, LLM):
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
         yield GenerationChunk(text="", generation_info={"stop_reason": stream.stop_reason,
-                                                        "answer_tokens": len(stream.token_ids)})
+                                                        "answer_tokens": len(stream.token_ids), **_quotes(stream)})
 
 
 class ChatRetNet(_RetNetParams, BaseChatModel):
@@ -246,7 +256,14 @@ class ChatRetNet(_RetNetParams, BaseChatModel):
 
     def _response_metadata(self, stream: AnswerStream) -> dict:
         return {"model_name": self.model_name, "stop_reason": stream.stop_reason,
-                "cached_tokens": stream.usage.cached_tokens}
+                "cached_tokens": stream.usage.cached_tokens, **_quotes(stream)}
+
+
+def _quotes(stream: AnswerStream) -> dict:
+    """Grounded answers' quotes (and refusal) as metadata; nothing for a free answer."""
+    if stream.grounding is None:
+        return {}
+    return {"quotes": [q.to_dict() for q in stream.quotes], "refused": stream.refused}
 
 
 def _usage(stream: AnswerStream) -> dict:

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 from retnet.generation import SamplingConfig
 
+from .chatml import LAYOUT as CHAT_LAYOUT
 from .defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_QUESTION_TOKENS
-from .prompt import DEFAULT_LAYOUT, LAYOUTS
+from .prompt import LAYOUTS
+
+ALL_LAYOUTS = (*LAYOUTS, CHAT_LAYOUT)  # marker layouts for marker tokenizers, ChatML for chat ones
 
 # SamplingConfig's fields a user sets (the end-of-answer token comes from the tokenizer's markers).
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig) if f.name != "eos_token_id")
@@ -25,20 +28,34 @@ SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig) if f.
 class AnswerOptions:
     k: int = DEFAULT_K  # passages retrieved per turn
     rerank: bool = True  # re-rank dense hits by the question's exact terms (app.retrieve)
-    layout: str = DEFAULT_LAYOUT  # prompt layout (app.prompt.LAYOUTS)
+    layout: str | None = None  # prompt layout (app.prompt.LAYOUTS, or "chatml"); None: the model's own
     instructions: str | None = None  # read once, at the start of a conversation
     max_chunk: int | None = None  # tokens per chunk (None: the prompt default, capped by the model)
     max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS
     stop: tuple[str, ...] = ()  # extra stop strings
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
+    # Grounded answers (app.grounding): generation restricted to spans of the passages the turn read.
+    # Defaults measured on the dev set with the bundled model (benchmarks/results/grounded_dev.md).
+    grounded: bool = True
+    grounded_free_tokens: int = 0  # tokens of connective text allowed outside quotes, per answer
+    grounded_min_tokens: int = 16  # a quote ends no sooner than this many tokens (or its passage's end)
+    refuse: bool = True  # grounded: answer app.prompt.REFUSAL when the refusal score is below the threshold
+    refusal_score: str = "support"  # "support" (question terms found in the passages) or "logprob" (app.grounding)
+    refusal_threshold: float | None = None  # None: the score's calibrated threshold (app.grounding.REFUSAL_THRESHOLDS)
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
+        if self.layout is not None and self.layout not in ALL_LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {ALL_LAYOUTS}")
         if self.max_question_tokens < 1:
             raise ValueError(f"max_question_tokens must be positive, got {self.max_question_tokens}")
         if self.k < 0:
             raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.refusal_score not in ("support", "logprob"):  # app.grounding.REFUSAL_SCORES (imports torch)
+            raise ValueError(f"refusal_score must be 'support' or 'logprob', got {self.refusal_score!r}")
+        if self.grounded_min_tokens < 1:
+            raise ValueError(f"grounded_min_tokens must be >= 1, got {self.grounded_min_tokens}")
+        if self.grounded_free_tokens < 0:
+            raise ValueError(f"grounded_free_tokens must be >= 0, got {self.grounded_free_tokens}")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @classmethod

@@ -60,6 +60,10 @@ MAX_TITLE_TOKENS = 48
 ANSWER_STOP_MARKERS = (END, QUESTION, PASSAGE, ANSWER, SYSTEM)
 ANSWER_STOP_STRINGS = ("\n\n",)
 
+# The one refusal sentence: what the app answers when the documents hold no answer (app.grounding),
+# what the reading data teaches for unanswerable questions and what the dev-set scorer recognises.
+REFUSAL = "That is not in the documents."
+
 # Chunk kinds in TurnTokens.kinds
 SYSTEM_CHUNK, QUESTION_CHUNK, PASSAGE_CHUNK, PROMPT_END_CHUNK, TARGET_CHUNK, ANSWER_CHUNK = (
     "system", "question", "passage", "prompt_end", "target", "answer")

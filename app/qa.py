@@ -20,7 +20,7 @@ from typing import Any
 
 from .cache import PrefixCache
 from .decoder import AnswerStream
-from .defaults import DEFAULT_CACHE_BYTES
+from .defaults import DEFAULT_CACHE_BYTES, configure_threads
 from .encoder import Reader, load_model
 from .errors import CollectionNotFoundError
 from .options import AnswerOptions
@@ -40,22 +40,33 @@ class MultiDocQA:
     to answer: passages per turn, re-ranking, layout, sampling; keyword ``overrides`` of its fields
     (``k=2, max_new_tokens=64``) are applied on top. ``cache`` is the prefix-state cache (bytes or a
     PrefixCache; 0 or None: none).
+
+    ``threads``: torch's CPU threads, as the CLI's ``--threads``. None (default): when MultiDocQA loads
+    the model itself, the automatic choice (1 thread for small models, whose first answer is several
+    times slower with more on a busy machine; app.defaults.configure_threads), unless $OMP_NUM_THREADS
+    is set; a model object you pass is left to you. 0: the automatic choice for any model; N > 0:
+    exactly N. torch's setting is process-wide, and a torch.set_num_threads call made before cannot
+    be told apart from torch's default: keep yours with threads=torch.get_num_threads().
     """
 
     def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, create: bool = True,
                  options: AnswerOptions | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 cache_snapshots: str = "start", device=None, **overrides):
+                 cache_snapshots: str = "start", device=None, threads: int | None = None, **overrides):
         self.options = options = AnswerOptions.build(options, **overrides)
         if isinstance(model, Reader):
             self.reader = model
         elif model is None or isinstance(model, (str, os.PathLike)):
             m, tok = load_model(model, device)
+            if threads is None and not os.environ.get("OMP_NUM_THREADS"):
+                threads = 0
             self.reader = Reader(m, tokenizer or tok, options, cache=cache, cache_snapshots=cache_snapshots)
         else:
             if tokenizer is None:
                 raise ValueError("a model object needs its tokenizer: MultiDocQA(model=model, tokenizer=tokenizer)")
             self.reader = Reader(model, tokenizer, options, cache=cache, cache_snapshots=cache_snapshots)
+        if threads is not None:
+            configure_threads(threads, self.reader.model)
         self.collection = self._open_collection(collection, data_dir, embedder, create)
         self._owns_collection = isinstance(collection, str)
 

@@ -38,12 +38,13 @@ from retnet.io import atomic_write
 from .decoder import AnswerStream
 from .defaults import DEFAULT_K
 from .errors import SessionFileError, SessionModelMismatchError
+from .retrieve import conversation_query
 from .types import Answer, Source, Timings, Usage
 
 SESSION_FORMAT = "retnet-rag-session"
 SESSION_FORMAT_VERSION = 1
 
-Retriever = Callable[[str, int, Any], Sequence[Any]]  # (question, k, documents) -> SearchHits, best first
+Retriever = Callable[[str, int, Any], Sequence[Any]]  # (search text, k, documents) -> SearchHits, best first
 
 
 class Session:
@@ -82,7 +83,9 @@ class Session:
                 self._pending.close()
             k = self.k if k is None else k
             docs = self.documents if documents is None else documents
-            hits = list(self.retriever(q, k, docs)) if self.retriever is not None and k > 0 else []
+            # A follow-up ("and descending?") is searched with the conversation's earlier turns.
+            query = conversation_query(self.transcript, q)
+            hits = list(self.retriever(query, k, docs)) if self.retriever is not None and k > 0 else []
             retrieved = time.perf_counter()
             sources = [Source.from_hit(i + 1, h) for i, h in enumerate(hits)]
             first = int(self.state.offsets[0]) == 0

@@ -47,6 +47,50 @@ class Source:
 
 
 @dataclass
+class Quote:
+    """A span of a passage that a grounded answer quoted (see app.grounding).
+
+    ``source.text[start:end] == text`` and, for a passage from a collection, the document's text holds
+    the same span at ``doc_start:doc_end`` (``source.start`` plus the passage offsets).
+    """
+
+    source: Source  # the passage quoted (one of the answer's sources)
+    start: int  # character offsets into source.text
+    end: int
+    text: str
+    score: float = 0.0  # mean log-probability of the quoted tokens under the model (unconstrained)
+    tokens: int = 0  # answer tokens the quote took
+
+    @property
+    def page(self) -> int | None:
+        return self.source.page
+
+    @property
+    def doc_start(self) -> int:
+        return self.source.start + self.start
+
+    @property
+    def doc_end(self) -> int:
+        return self.source.start + self.end
+
+    def highlight(self, left: str = "[[", right: str = "]]") -> str:
+        """The passage with the quoted span marked."""
+        t = self.source.text
+        return f"{t[: self.start]}{left}{t[self.start : self.end]}{right}{t[self.end :]}"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source.n, "page": self.page, "start": self.start, "end": self.end,
+                "doc_start": self.doc_start, "doc_end": self.doc_end, "text": self.text, "score": self.score,
+                "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict, sources: list[Source]) -> Quote:
+        """From ``to_dict``; ``source`` (a citation number) is looked up in ``sources``."""
+        source = next(s for s in sources if s.n == d["source"])
+        return cls(source, d["start"], d["end"], d["text"], d.get("score", 0.0), d.get("tokens", 0))
+
+
+@dataclass
 class Usage:
     prompt_tokens: int = 0  # tokens of the turn's layout (instructions, passages, question)
     cached_tokens: int = 0  # of those, restored from the prefix-state cache instead of encoded
@@ -73,7 +117,9 @@ class Answer:
     """One turn: the question, the answer text and the passages it was given.
 
     ``stop_reason``: "eos" (the model ended it), "stop" (a stop marker or string),
-    "length" (max_new_tokens reached) or "cancelled" (the stream was closed early).
+    "length" (max_new_tokens reached), "cancelled" (the stream was closed early) or "refused".
+    A grounded answer (``AnswerOptions.grounded``) lists the spans it quoted in ``quotes``; a refused
+    one has ``refused`` set and ``text == app.prompt.REFUSAL``.
     """
 
     question: str
@@ -82,6 +128,8 @@ class Answer:
     stop_reason: str = ""
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    quotes: list[Quote] = field(default_factory=list)
+    refused: bool = False
 
     def __str__(self) -> str:
         return self.text
@@ -97,14 +145,16 @@ class Answer:
     def to_dict(self) -> dict:
         return {"question": self.question, "text": self.text, "stop_reason": self.stop_reason,
                 "sources": [s.to_dict() for s in self.sources], "usage": dataclasses.asdict(self.usage),
-                "timings": dataclasses.asdict(self.timings)}
+                "timings": dataclasses.asdict(self.timings), "quotes": [q.to_dict() for q in self.quotes],
+                "refused": self.refused}
 
     @classmethod
     def from_dict(cls, d: dict) -> Answer:
         usage = Usage(**_known(Usage, d.get("usage", {})))
         timings = Timings(**_known(Timings, d.get("timings", {})))
-        return cls(d["question"], d["text"], [Source.from_dict(s) for s in d.get("sources", [])],
-                   d.get("stop_reason", ""), usage, timings)
+        sources = [Source.from_dict(s) for s in d.get("sources", [])]
+        return cls(d["question"], d["text"], sources, d.get("stop_reason", ""), usage, timings,
+                   [Quote.from_dict(q, sources) for q in d.get("quotes", [])], bool(d.get("refused", False)))
 
 
 def _known(cls, d: dict) -> dict:

@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     from fla.models import RetNetConfig as FlaConfig
     from fla.models import RetNetForCausalLM as FlaModel
 
+    import retnet.convert  # noqa: F401  (registers the fla format with from_pretrained)
     from retnet import RetNetForCausalLM, ops
 
     device = torch.device(args.device)

@@ -44,7 +44,7 @@ _CHOICES = {
 }
 
 # Fields added after models and states were first saved, with the value that means "as before".
-_ADDED_LATER = {"token_shift": False}
+_ADDED_LATER = {"token_shift": False, "output_gate": True, "group_norm_per_head": False, "layer_decay_log": None}
 
 
 @dataclass
@@ -67,11 +67,14 @@ class RetNetConfig:
     group_norm_affine: bool = True
     tie_embeddings: bool = False
     decay_log: list[float] | None = None  # None: log(1 - 2**(-5 - h))
+    layer_decay_log: list[list[float]] | None = None  # per layer, per head log(gamma); overrides decay_log
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     max_chunk_length: int = 512  # longest chunk the chunkwise form is given by default
     token_shift: bool = False  # q/k/v read a learned mix of this token's and the previous token's input
+    output_gate: bool = True  # silu(x W_G) gate on the retention output; off for converted Transformers (none there)
+    group_norm_per_head: bool = False  # the per-head RMSNorm weight is [H, V] (one scale per head) instead of [V]
     extra: dict = field(default_factory=dict)  # free-form provenance, e.g. the source checkpoint
 
     def __post_init__(self) -> None:
@@ -86,8 +89,17 @@ class RetNetConfig:
             raise ValueError(f"head_k_dim must be even for rotary embeddings, got {self.head_k_dim}")
         if self.decay_log is not None and len(self.decay_log) != self.num_heads:
             raise ValueError(f"decay_log has {len(self.decay_log)} entries for {self.num_heads} heads")
-        if not isinstance(self.token_shift, bool):
-            raise ValueError(f"RetNetConfig.token_shift must be true or false, got {self.token_shift!r}")
+        if self.layer_decay_log is not None:
+            rows = self.layer_decay_log
+            if len(rows) != self.num_layers or any(len(r) != self.num_heads for r in rows):
+                raise ValueError(f"layer_decay_log must be {self.num_layers} lists of {self.num_heads} log decays")
+            if not all(-math.inf < float(x) < 0 for r in rows for x in r):
+                raise ValueError("layer_decay_log values must be finite and negative (0 < gamma < 1)")
+        for name in ("token_shift", "output_gate", "group_norm_per_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RetNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.group_norm_per_head and not self.group_norm_affine:
+            raise ValueError("group_norm_per_head needs group_norm_affine (a fixed weight of ones has no heads)")
 
     # -- derived sizes ------------------------------------------------------
     @property
@@ -98,7 +110,10 @@ class RetNetConfig:
     def value_dim(self) -> int:
         return self.num_heads * self.head_v_dim
 
-    def head_log_decays(self) -> list[float]:
+    def head_log_decays(self, layer: int | None = None) -> list[float]:
+        """log(gamma_h) of each head (of ``layer``, when the decays differ per layer)."""
+        if self.layer_decay_log is not None and layer is not None:
+            return [float(x) for x in self.layer_decay_log[layer]]
         if self.decay_log is not None:
             return list(self.decay_log)
         return [math.log(1 - 2 ** (-5 - h)) for h in range(self.num_heads)]

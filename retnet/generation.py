@@ -9,7 +9,7 @@ holds the passages, and the answer should be free to copy from them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,13 +97,18 @@ class DecodeLoop:
     """
 
     def __init__(self, model, logits: Tensor, state: RetentionState, cfg: SamplingConfig,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None,
+                 logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None):
         self.model, self.logits, self.state, self.cfg = model, logits, state, cfg
         self.generator = generator if generator is not None else make_generator(cfg, logits.device)
         self.generated = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)
+        # (logits [B, vocab], generated [B, n]) -> logits to sample from, e.g. a mask of allowed tokens;
+        # self.logits stays the model's own.
+        self.logits_processor = logits_processor
 
     def sample(self) -> Tensor:
-        return next_token(self.logits, self.cfg, self.generated, self.generator)
+        logits = self.logits if self.logits_processor is None else self.logits_processor(self.logits, self.generated)
+        return next_token(logits, self.cfg, self.generated, self.generator)
 
     @torch.no_grad()
     def read(self, tokens: Tensor, mask: Tensor | None = None) -> None:

@@ -89,18 +89,21 @@ class MultiScaleRetention(nn.Module):
     learned mixes of this token's and the previous token's input (RWKV's token shift).
     """
 
-    def __init__(self, cfg: RetNetConfig):
+    def __init__(self, cfg: RetNetConfig, layer_index: int = 0):
         super().__init__()
         self.cfg = cfg
         h = cfg.hidden_size
         self.q_proj = nn.Linear(h, cfg.key_dim, bias=False)
         self.k_proj = nn.Linear(h, cfg.key_dim, bias=False)
         self.v_proj = nn.Linear(h, cfg.value_dim, bias=False)
-        self.g_proj = nn.Linear(h, cfg.value_dim, bias=False)
+        self.g_proj = nn.Linear(h, cfg.value_dim, bias=False) if cfg.output_gate else None
         self.o_proj = nn.Linear(cfg.value_dim, h, bias=False)
         eps = cfg.group_norm_eps if cfg.group_norm_eps is not None else cfg.norm_eps
         self.out_norm = RMSNorm(cfg.head_v_dim, eps, affine=cfg.group_norm_affine)
-        self._log_decay = _PerDeviceConstant(torch.tensor(cfg.head_log_decays(), dtype=torch.float64, device="cpu"))
+        if cfg.group_norm_per_head:  # broadcasts over o [B, T, H, V]
+            self.out_norm.weight = nn.Parameter(torch.ones(cfg.num_heads, cfg.head_v_dim))
+        self._log_decay = _PerDeviceConstant(torch.tensor(cfg.head_log_decays(layer_index), dtype=torch.float64,
+                                                       device="cpu"))
         self._inv_freq = _PerDeviceConstant(inverse_frequencies(cfg))
         if cfg.token_shift:
             self.shift_q = nn.Parameter(torch.empty(h))
@@ -130,16 +133,20 @@ class MultiScaleRetention(nn.Module):
             x_prev, last_input = previous_inputs(x, last_input, mask)
             delta = x_prev - x
             xq, xk, xv = (x + mu.to(x.dtype) * delta for mu in (self.shift_q, self.shift_k, self.shift_v))
-        q = self.q_proj(xq).view(B, T, H, K)
-        k = self.k_proj(xk).view(B, T, H, K)
+        # q and k are scaled and rotated in float32, and the output norm and gate run in float32: done in
+        # bf16, each step rounds again, and those roundings were most of a bf16 model's error (issue 15).
+        dt = ops.reference.compute_dtype(x)
+        q = self.q_proj(xq).view(B, T, H, K).to(dt)
+        k = self.k_proj(xk).view(B, T, H, K).to(dt)
         v = self.v_proj(xv).view(B, T, H, V)
         if cfg.qk_scale_on == "k":
             k = k * K**-0.5
         else:
             q = q * K**-0.5
         inv_freq = self._inv_freq.on(x.device)
-        q = apply_rotary(q, positions, inv_freq, cfg.rotary_style)
-        k = apply_rotary(k, positions, inv_freq, cfg.rotary_style)
+        # Rounded once, after the float32 rotation: the kernels read q and k in the weights' dtype.
+        q = apply_rotary(q, positions, inv_freq, cfg.rotary_style).to(x.dtype)
+        k = apply_rotary(k, positions, inv_freq, cfg.rotary_style).to(x.dtype)
         log_decay = self._log_decay.on(x.device)
         if mode == "parallel":
             o, state = ops.parallel_retention(q, k, v, log_decay, state=state, mask=mask)
@@ -149,17 +156,19 @@ class MultiScaleRetention(nn.Module):
             o, state = ops.chunk_retention(q, k, v, log_decay, chunk_lengths, state=state, mask=mask)
         else:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        o = self.out_norm(o).reshape(B, T, H * V)
-        return self.o_proj(o * F.silu(self.g_proj(x))), state, last_input
+        o = self.out_norm(o.to(dt)).reshape(B, T, H * V)  # float32: the norm and the gate run unrounded
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).to(o.dtype))
+        return self.o_proj(o.to(x.dtype)), state, last_input
 
 
 class RetNetBlock(nn.Module):
     """Pre-norm residual block: x + retention(norm(x)), then x + ffn(norm(x))."""
 
-    def __init__(self, cfg: RetNetConfig):
+    def __init__(self, cfg: RetNetConfig, layer_index: int = 0):
         super().__init__()
         self.retention_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.retention = MultiScaleRetention(cfg)
+        self.retention = MultiScaleRetention(cfg, layer_index)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.ffn = GatedFFN(cfg)
 

@@ -37,7 +37,7 @@ class RetNetForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(RetNetBlock(config, i) for i in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:

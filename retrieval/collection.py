@@ -2,9 +2,9 @@
 
 On disk, ``<data_dir>/<name>/`` holds:
 
-- ``collection.sqlite3``: documents, passages, their vectors (float32 blobs) and a
-  ``generation`` counter. It is the source of truth; each batch of added documents and
-  each deletion is one transaction that bumps the generation.
+- ``collection.sqlite3``: documents, passages, their vectors (float32 blobs), their BM25
+  table (FTS5, lexical.py) and a ``generation`` counter. It is the source of truth; each
+  batch of added documents and each deletion is one transaction that bumps the generation.
 - ``index.<generation>.faiss``: the FAISS index as of that generation, written to a
   temporary file, fsynced and renamed into place.
 - ``lock``: flock'ed by the one process allowed to write at a time.
@@ -282,8 +282,23 @@ class Collection:
                 found_scores, found_ids = self.index.search(query_vec, k, only)
                 scores, ids = found_scores[0], found_ids[0]
             keep = ids >= 0
-            scores, ids = scores[keep], ids[keep]
-            rows = self.store.hits(ids)
+            return self._hits(scores[keep], ids[keep])
+
+    def lexical_search(self, query: str, k: int = 8,
+                       documents: str | Iterable[str] | None = None) -> list[SearchHit]:
+        """The ``k`` best BM25 matches for ``query`` over every passage (SQLite FTS5), best first.
+
+        Scores are BM25 (higher is better), not cosines. Any text is a valid query: FTS5 syntax
+        in it is searched as words (see retrieval.lexical)."""
+        if k <= 0:
+            return []
+        doc_ids = None if documents is None else [documents] if isinstance(documents, str) else list(documents)
+        with self._mutex:
+            found = self.store.bm25(query, k, doc_ids)
+            return self._hits(np.array([s for _, s in found]), np.array([i for i, _ in found], dtype=np.int64))
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchHit]:
+        rows = self.store.hits(ids)
         hits = []
         for score, pid in zip(scores, ids, strict=True):
             row = rows.get(int(pid))

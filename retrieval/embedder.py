@@ -9,6 +9,7 @@ and for machines without the model: it matches words, not meanings.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -76,7 +77,8 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
 
             logger.info("loading embedding model from %s on %s", path, self.device)
-            self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+            with _no_weight_loading_bar():
+                self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         return self._model
 
     @property
@@ -98,6 +100,26 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar():
+    """Hide transformers' "Loading weights" bar for this load only. Its public switch also flips
+    huggingface_hub's bars for the whole process; this flag is read per bar, so the user's own
+    transformers calls keep their setting."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    before = getattr(hf_logging, "_tqdm_active", None)
+    if before is not None:
+        hf_logging._tqdm_active = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            hf_logging._tqdm_active = before
 
 
 def _name_for(model_path: Path | None) -> str:

@@ -3,7 +3,8 @@
 This is the collection's source of truth. Every change (a batch of documents added,
 a document deleted) is one transaction that also bumps ``generation``; the FAISS
 index on disk is a cache named after the generation it reflects (see index.py), and
-can always be rebuilt from the vectors kept here as float32 blobs.
+can always be rebuilt from the vectors kept here as float32 blobs. The BM25 table
+(``passages_fts``, see lexical.py) is written in the same transactions as the passages.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import lexical
 from .types import Document, DocumentInfo, Passage
 
 SCHEMA_VERSION = 1
@@ -64,6 +66,7 @@ class Store:
             if self.get_meta("schema_version") is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("generation", "0")
+        lexical.ensure_fts(self.conn)  # new stores, and stores made before BM25 existed
 
     def close(self) -> None:
         self.conn.close()
@@ -136,6 +139,7 @@ class Store:
                     "INSERT INTO vectors (id, vector) VALUES (?, ?)",
                     ((int(i), v.tobytes()) for i, v in zip(ids, vectors, strict=True)),
                 )
+                lexical.add_rows(conn, ids, [p.text for p in passages], doc.title)
                 ids_per_doc.append(ids)
             generation = self._bump_generation()
         return generation, ids_per_doc
@@ -144,6 +148,7 @@ class Store:
         """Delete a document; returns the new generation and the passage ids removed."""
         with self.transaction() as conn:
             ids = self._passage_ids(conn, [doc_id])
+            lexical.delete_document_rows(conn, doc_id)
             conn.execute("DELETE FROM vectors WHERE id IN (SELECT id FROM passages WHERE doc_id = ?)", (doc_id,))
             conn.execute("DELETE FROM passages WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
@@ -172,6 +177,10 @@ class Store:
             marks = ",".join("?" * len(chunk))
             ids.extend(r[0] for r in conn.execute(f"SELECT id FROM passages WHERE doc_id IN ({marks})", chunk))
         return np.array(sorted(ids), dtype=np.int64)
+
+    def bm25(self, query: str, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[int, float]]:
+        """``(passage id, BM25 score)`` of the ``k`` best lexical matches over all passages, best first."""
+        return lexical.bm25_search(self.conn, query, k, doc_ids)
 
     def iter_vectors(self, dim: int, batch: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All (ids, vectors) in id order, a batch at a time."""

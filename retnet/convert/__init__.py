@@ -27,6 +27,7 @@ from ..checkpoint import (
     register_format,
 )
 from ..io import atomic_directory
+from .delta import DELTA_MODEL_TYPE, load_delta_directory
 from .fla import FLA_MODEL_TYPE, convert_fla_state_dict, load_fla_directory
 from .torchscale import convert_torchscale_state_dict, from_torchscale, read_torchscale_args, torchscale_config
 
@@ -38,7 +39,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
-register_format(FLA_MODEL_TYPE, load_fla_directory)  # RetNetForCausalLM.from_pretrained(fla_dir) now works
+# RetNetForCausalLM.from_pretrained now also opens fla directories and delta directories (base + delta).
+register_format(FLA_MODEL_TYPE, load_fla_directory)
+register_format(DELTA_MODEL_TYPE, load_delta_directory)
 
 
 def parse_dtype(dtype) -> torch.dtype | None:

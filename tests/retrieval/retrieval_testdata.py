@@ -76,6 +76,7 @@ def on_disk_state(collection_dir: Path) -> dict:
         orphans = conn.execute(
             "SELECT COUNT(*) FROM passages p WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = p.doc_id)"
         ).fetchone()[0]
+        fts_mismatch = fts_out_of_step(conn)
     finally:
         conn.close()
     index_file = collection_dir / f"index.{generation}.faiss"
@@ -86,8 +87,21 @@ def on_disk_state(collection_dir: Path) -> dict:
         "passages": n_passages,
         "per_doc": per_doc,
         "orphans": orphans,
+        "fts_mismatch": fts_mismatch,
         "index_ntotal": index_ntotal,
     }
+
+
+def fts_out_of_step(conn: sqlite3.Connection) -> int:
+    """Passages missing from the BM25 table, rows of it with no passage, and rows whose text or
+    title differs from their passage's (0 when the two are in step)."""
+    ids = {r[0] for r in conn.execute("SELECT id FROM passages")}
+    fts = {r[0] for r in conn.execute("SELECT rowid FROM passages_fts")}
+    differ = conn.execute(
+        "SELECT COUNT(*) FROM passages p JOIN passages_fts f ON f.rowid = p.id JOIN documents d ON d.id = p.doc_id"
+        " WHERE f.text != p.text OR f.title != d.title"
+    ).fetchone()[0]
+    return len(ids ^ fts) + differ
 
 
 def assert_consistent(col) -> None:
@@ -95,6 +109,7 @@ def assert_consistent(col) -> None:
     state = on_disk_state(col.path)
     assert state["vectors"] == state["passages"]
     assert state["orphans"] == 0
+    assert state["fts_mismatch"] == 0
     for doc_id, recorded, actual in state["per_doc"]:
         assert recorded == actual, doc_id
     assert col.index.ntotal == state["passages"]

@@ -46,6 +46,7 @@ def _corpus(root: Path, tag: str, n: int) -> Path:
 def _check_on_disk(collection_dir: Path) -> dict:
     state = on_disk_state(collection_dir)
     assert state["vectors"] == state["passages"] and state["orphans"] == 0, state
+    assert state["fts_mismatch"] == 0, state  # the BM25 table commits with the passages
     assert all(recorded == actual for _, recorded, actual in state["per_doc"]), state
     # An index file named after the current generation must hold exactly the stored passages.
     assert state["index_ntotal"] in (None, state["passages"]), state
