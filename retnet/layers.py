@@ -144,9 +144,10 @@ class MultiScaleRetention(nn.Module):
         else:
             q = q * K**-0.5
         inv_freq = self._inv_freq.on(x.device)
-        # Rounded once, after the float32 rotation: the kernels read q and k in the weights' dtype.
-        q = apply_rotary(q, positions, inv_freq, cfg.rotary_style).to(x.dtype)
-        k = apply_rotary(k, positions, inv_freq, cfg.rotary_style).to(x.dtype)
+        # Rounded once, after the float32 rotation, to v's dtype: the kernels want q, k and v in one dtype
+        # (under autocast that is the projections' bf16, not the float32 of the weights and of x).
+        q = apply_rotary(q, positions, inv_freq, cfg.rotary_style).to(v.dtype)
+        k = apply_rotary(k, positions, inv_freq, cfg.rotary_style).to(v.dtype)
         log_decay = self._log_decay.on(x.device)
         if mode == "parallel":
             o, state = ops.parallel_retention(q, k, v, log_decay, state=state, mask=mask)

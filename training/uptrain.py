@@ -211,6 +211,22 @@ def calibrate_norms(model, ids: torch.Tensor, autocast) -> list[list[float]]:
     return scales
 
 
+def optimizer_step(opt, loss: torch.Tensor, trainable) -> None:
+    """Backward, clip the gradient norm to 1, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+
+
+def record_step(history: list, name: str, step: int, loss: torch.Tensor, info: dict, start: float, log) -> None:
+    """Every 10th step (and the first) into the history and the log."""
+    if step % 10 == 0 or step == 1:
+        entry = {"step": step, "loss": loss.item(), **info, "elapsed": time.time() - start}
+        history.append(entry)
+        log(f"{name} {json.dumps(entry)}")
+
+
 def run_stage(name: str, model, stream: TokenStream, cfg: dict, stage: dict, autocast, device, log) -> dict:
     opt = make_optimizer(model, stage["lr"], stage["lr_norm_decay"])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -225,16 +241,10 @@ def run_stage(name: str, model, stream: TokenStream, cfg: dict, stage: dict, aut
             info = {"layer_min": min(parts), "layer_max": max(parts)}
         else:
             loss, info = distill_loss(model, ids, autocast, stage["ce_weight"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, trainable)
         step += 1
         tokens += ids[:, :-1].numel()
-        if step % 10 == 0 or step == 1:
-            entry = {"step": step, "loss": loss.item(), **info, "elapsed": time.time() - start}
-            history.append(entry)
-            log(f"{name} {json.dumps(entry)}")
+        record_step(history, name, step, loss, info, start, log)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start

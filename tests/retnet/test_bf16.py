@@ -100,3 +100,23 @@ def test_bf16_decode_agrees_with_bf16_prefill_and_float64():
     assert whole.dtype == steps.dtype == torch.bfloat16
     assert norm_rel(steps, whole.double()) <= TOLERANCE
     assert norm_rel(steps, want) <= TOLERANCE
+
+
+def test_retention_reads_q_k_v_in_one_dtype_under_autocast(monkeypatch):
+    """Training runs float32 weights under bf16 autocast: the projections come out in bf16 while x stays
+    float32. q and k must reach the retention op in v's dtype (the Triton backward tiles by dtype)."""
+    import retnet.ops as ops
+
+    model = unit_scale_model(4, hidden_size=64, num_heads=2, head_k_dim=16, head_v_dim=32, ffn_dim=96).float()
+    seen = []
+    real = ops.chunk_retention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "chunk_retention", spy)
+    ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, mode="chunkwise").logits.float().sum().backward()
+    assert seen and all(dt == (torch.bfloat16,) * 3 for dt in seen)
