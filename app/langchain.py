@@ -1,7 +1,7 @@
 """LangChain integration: an LLM, a chat model and a retriever over a collection.
 
     from app.langchain import ChatRetNet, CollectionRetriever, RetNetLLM, format_passages, rag_prompt
-    retriever = CollectionRetriever(collection=qa.collection, k=4)
+    retriever = CollectionRetriever(collection=qa.collection, k=4)   # or collection="docs" (a name)
     chat = ChatRetNet(model_path="data/model")             # or reader=qa.reader
     chain = {"context": retriever | format_passages, "question": RunnablePassthrough()} | rag_prompt() | chat
     chain.invoke("What does rsync -r do?")
@@ -19,6 +19,11 @@ segments, one chunk per passage; ``raw_prompt=True`` reads the text as is.
 Chat messages map to segments: system -> ``<|system|>``, human -> ``<|question|>``,
 AI -> ``<|answer|>...<|endoftext|>``, tool/other messages -> ``<|passage|>``.
 
+The retriever takes ``k``, ``documents`` (ids) and ``rerank`` per call too: ``retriever.invoke(q, k=1)``.
+Tokens are counted with the model's own tokenizer (``get_num_tokens``; for messages, the prompt as
+the model reads it). Tool calling and structured output are not supported: ``bind_tools`` and
+``with_structured_output`` raise NotImplementedError saying so.
+
 ``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
 parameters) and ignored: the model runs locally.
 
@@ -32,8 +37,10 @@ character offsets ``start``/``end`` into that passage's text, the ``text`` and i
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +59,7 @@ try:
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("app.langchain needs langchain-core: pip install 'retnet-rag[langchain]'") from e
 
@@ -132,6 +139,13 @@ class _RetNetParams(BaseModel):
         sources = passages_from_turn(reader.tokenizer, turn) if getattr(reader.options, "grounded", False) else ()
         return AnswerStream(reader, ing.state, ing.logits, ing.key, sampling=cfg, stop_strings=stops,
                             usage=Usage(ing.prompt_tokens, ing.cached_tokens), sources=sources)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's own tokenizer (no special tokens added);
+        ``custom_get_token_ids``, when set, wins."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return L.encode_text(self._reader().tokenizer, text)
 
     def _params(self) -> dict:
         return {"model_name": self.model_name, "model_path": self.model_path, "max_tokens": self.max_tokens,
@@ -214,6 +228,30 @@ class ChatRetNet(_RetNetParams, BaseChatModel):
         params["ls_model_name"] = kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name
         return params
 
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens the model reads for these messages: their text in the app's layout, markers included,
+        up to and including the answer marker (what ``invoke`` would read)."""
+        if tools:
+            self.bind_tools(tools)  # raises: tools are not supported
+        if not messages:
+            return 0
+        if self.custom_get_token_ids is not None:
+            return super().get_num_tokens_from_messages(messages)
+        return len(self._turn(messages).prompt_ids)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
+        """Not supported: raises NotImplementedError."""
+        raise NotImplementedError(
+            "ChatRetNet does not support tool calling: the RetNet reader has no tool-call format. "
+            "Retrieve in the chain instead (CollectionRetriever | format_passages), or pass tool results "
+            "as ToolMessages, which are read as passages.")
+
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any):
+        """Not supported: raises NotImplementedError."""
+        raise NotImplementedError(
+            "ChatRetNet does not support structured output (no tool calling or JSON mode); "
+            "parse its text answer yourself, e.g. with an output parser.")
+
     def _turn(self, messages: list[BaseMessage]) -> L.TurnTokens:
         reader = self._reader()
         segments: list[tuple[str, str]] = []
@@ -273,7 +311,14 @@ def _usage(stream: AnswerStream) -> dict:
 
 class CollectionRetriever(BaseRetriever):
     """A retrieval.Collection as a LangChain retriever, ranked like the app ranks (dense search, then
-    lexical re-ranking unless ``rerank=False``). Documents carry title, source, page and score."""
+    lexical re-ranking unless ``rerank=False``). Documents carry title, source, page and score.
+
+    ``collection`` is a Collection or a collection's name (opened from ``data_dir``, default: the app's
+    data directory; a name that does not exist raises ``app.qa.CollectionNotFoundError``; ``close()``
+    closes a collection the retriever opened).
+    ``k``, ``documents`` and ``rerank`` are defaults; each can be given per call:
+    ``retriever.invoke(query, k=1, documents=[doc_id])``.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -281,12 +326,54 @@ class CollectionRetriever(BaseRetriever):
     k: int = DEFAULT_K
     documents: list[str] | None = None  # restrict to these document ids
     rerank: bool = True
+    data_dir: str | Path | None = None  # where a collection given by name is looked up
+    embedder: Any = Field(default=None, exclude=True)  # for a collection given by name (default: its own)
+    _owns_collection: bool = PrivateAttr(default=False)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = retrieve(self.collection, query, self.k, documents=self.documents, rerank=self.rerank)
+    @model_validator(mode="after")
+    def _open_by_name(self) -> CollectionRetriever:
+        if isinstance(self.collection, (str, os.PathLike)):
+            from retrieval import Collection
+
+            from .qa import require_collection
+
+            name = str(self.collection)
+            require_collection(name, self.data_dir)
+            self.collection = Collection.open(name, self.data_dir, embedder=self.embedder)
+            self._owns_collection = True
+        if self.collection is None:
+            raise ValueError("CollectionRetriever needs a collection (a Collection or a collection name)")
+        return self
+
+    def close(self) -> None:
+        """Close the collection if this retriever opened it (given by name); a Collection passed in is
+        left to its owner."""
+        if self._owns_collection:
+            self.collection.close()
+            self._owns_collection = False
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None, documents: list[str] | None = None,
+                                rerank: bool | None = None, **kwargs: Any) -> list[Document]:
+        kwargs.pop("verbose", None)  # LangChain's own option, passed along with the search kwargs
+        if kwargs:
+            raise TypeError(f"CollectionRetriever does not take {', '.join(sorted(kwargs))}; "
+                            "per-call options are k, documents and rerank")
+        k = self.k if k is None else k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"k must be a whole number >= 0, not {k!r}")
+        hits = retrieve(self.collection, query, k, documents=self.documents if documents is None else documents,
+                        rerank=self.rerank if rerank is None else rerank)
         return [Document(page_content=h.text, metadata={
             "title": h.title, "source": h.source, "page": h.page, "doc_id": h.doc_id, "score": h.score,
             "start": h.start, "end": h.end, "passage_id": h.passage_id}) for h in hits]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+        # retrieval is synchronous (numpy and SQLite): run it off the event loop, per-call options included
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, partial(self._get_relevant_documents, query,
+                                                   run_manager=run_manager.get_sync(), **kwargs))
 
 
 def format_passages(docs: Sequence[Document]) -> str:

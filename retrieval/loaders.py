@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -49,16 +50,27 @@ def content_id(data: bytes) -> str:
 
 
 def read_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """Read a whole file, turning OS errors and oversized files into LoadError."""
+    """Read a whole regular file, turning OS errors, special and oversized files into LoadError.
+
+    The file type is checked on the opened descriptor, before any read, so a FIFO or a
+    device (``/dev/zero``) is refused instead of hanging or filling memory; the limit is
+    enforced while reading, since ``st_size`` can lie (devices, files that grow).
+    """
     try:
-        size = os.stat(path).st_size
-        if max_bytes is not None and size > max_bytes:
-            raise LoadError(
-                f"file too large: {size / 2**20:.1f} MiB > limit {max_bytes / 2**20:.1f} MiB"
-                " (raise max_file_bytes to accept it)"
-            )
-        with open(path, "rb") as fh:
-            return fh.read()
+        # O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb", closefd=True) as fh:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise LoadError("is a directory, not a file")
+            if not stat.S_ISREG(info.st_mode):
+                raise LoadError(f"not a regular file ({_file_type(info.st_mode)})")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise LoadError(_too_large(f"{info.st_size / 2**20:.1f} MiB", max_bytes))
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise LoadError(_too_large(f"more than {max_bytes / 2**20:.1f} MiB", max_bytes))
+            return data
     except FileNotFoundError:
         raise LoadError("file not found (deleted or moved before it could be read?)") from None
     except IsADirectoryError:
@@ -67,6 +79,24 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_FILE
         raise LoadError("permission denied") from None
     except OSError as exc:
         raise LoadError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def _too_large(size: str, max_bytes: int) -> str:
+    return f"file too large: {size} > limit {max_bytes / 2**20:.1f} MiB (raise max_file_bytes to accept it)"
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def load_document(
@@ -131,25 +161,45 @@ def _markdown_title(text: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str | None]]:
+def iter_files(paths: Iterable[str | os.PathLike], follow_symlinks: bool = False) -> Iterator[tuple[Path, str | None]]:
     """Expand files and folders (recursively, sorted) into ``(path, reason_to_skip)``.
 
     A file named explicitly is always yielded (the loader reports its problems); inside
-    folders, hidden entries are ignored and unsupported files come with a skip reason.
-    Symlinked folders are not followed, so link cycles cannot recurse forever.
+    folders, hidden entries are ignored, and unsupported files, special files (FIFOs,
+    devices, sockets) and symlinked files come with a skip reason. With
+    ``follow_symlinks`` a symlinked file is read only if its target lies inside the folder
+    given. Symlinked folders are never followed, so link cycles cannot recurse forever.
     """
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
             yield path, None
             continue
+        root_real = path.resolve()
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
                     continue
                 child = Path(root, name)
-                if file_kind(child) is None:
-                    yield child, f"unsupported file type {child.suffix or '(no extension)'!r}"
-                else:
-                    yield child, None
+                yield child, _skip_reason(child, root_real, follow_symlinks)
+
+
+def _skip_reason(child: Path, root_real: Path, follow_symlinks: bool) -> str | None:
+    """Why a file found inside a folder is not read, or None to read it."""
+    try:
+        mode = child.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            if not follow_symlinks:
+                return "symbolic link, not followed"
+            target = child.resolve()
+            if not target.is_relative_to(root_real):
+                return f"symbolic link to {target}, outside the folder: not followed"
+            mode = target.stat().st_mode
+    except OSError:
+        return None  # vanished or unreadable: the loader gives the clear error
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({_file_type(mode)})"
+    if file_kind(child) is None:
+        return f"unsupported file type {child.suffix or '(no extension)'!r}"
+    return None

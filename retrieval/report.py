@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ADDED, DUPLICATE, FAILED, SKIPPED = "added", "duplicate", "failed", "skipped"
+MAX_SKIPPED_LISTED = 20  # skipped files named in a summary; the rest are counted
 
 
 @dataclass
@@ -67,12 +68,19 @@ class IngestReport:
                 return r
         raise KeyError(path)
 
-    def summary(self) -> str:
+    def summary(self, max_skipped: int | None = MAX_SKIPPED_LISTED) -> str:
+        """A count line, then one line per failed, duplicate or warned file, then the skipped files with
+        their reason: the first ``max_skipped`` (None: all) and how many more."""
         head = (
             f"{len(self.added)} added ({self.passages} passages), {len(self.duplicates)} duplicate(s), "
             f"{len(self.failed)} failed, {len(self.skipped)} skipped in {self.seconds:.1f} s"
         )
         lines = [str(r) for r in self.results if r.status in (FAILED, DUPLICATE) or r.warnings]
+        skipped = self.skipped
+        shown = skipped if max_skipped is None else skipped[: max(0, max_skipped)]
+        lines += [str(r) for r in shown]
+        if len(skipped) > len(shown):
+            lines.append(f"          ... and {len(skipped) - len(shown)} more skipped")
         return "\n".join([head, *lines])
 
     def __str__(self) -> str:

@@ -154,30 +154,87 @@ def _fit(text: str, start: int, end: int, budget: int, count: TokenCounter, leve
     pieces = _pieces(text, start, end, _SUB_SENTENCE[level])
     if len(pieces) <= 1:
         return _fit(text, start, end, budget, count, level + 1)
+    return _merge(text, [u for s, e in pieces for u in _fit(text, s, e, budget, count, level + 1)], budget, count)
+
+
+def _merge(text: str, units: list[_Unit], budget: int, count: TokenCounter) -> list[_Unit]:
+    """Join neighbouring units greedily while the joined text fits the budget.
+
+    A group grows on the sum of its units' counts and is counted exactly only when the sum
+    says it is full and when it is closed: counting every join re-read the whole growing
+    group once per word of a long unpunctuated line. A group whose exact count is over
+    (tokenizers are not additive) hands its last units back.
+    """
     out: list[_Unit] = []
-    for s, e in pieces:
-        for unit in _fit(text, s, e, budget, count, level + 1):
-            if out and out[-1].tokens + unit.tokens <= budget:
-                merged = count(text[out[-1].start : unit.end])
-                if merged <= budget:
-                    out[-1] = _Unit(out[-1].start, unit.end, merged)
-                    continue
-            out.append(unit)
+    pending = deque(units)
+    group: list[_Unit] = []
+    known = extra = 0  # exact count of the group when extra == 0; else a sum estimate
+
+    def close() -> None:
+        tokens = known if not extra else count(text[group[0].start : group[-1].end])
+        while tokens > budget and len(group) > 1:
+            pending.appendleft(group.pop())
+            tokens = count(text[group[0].start : group[-1].end])
+        out.append(_Unit(group[0].start, group[-1].end, tokens))
+        group.clear()
+
+    while pending or group:
+        if not pending:  # the last group; closing it may hand units back to pending
+            close()
+            continue
+        unit = pending.popleft()
+        if not group:
+            group.append(unit)
+            known, extra = unit.tokens, 0
+            continue
+        if known + extra + unit.tokens <= budget:
+            group.append(unit)
+            extra += unit.tokens
+            continue
+        if extra:  # the sum says full: decide on exact counts, as a join-by-join count would
+            known, extra = count(text[group[0].start : group[-1].end]), 0
+        if known + unit.tokens <= budget:
+            merged = count(text[group[0].start : unit.end])
+            if merged <= budget:
+                group.append(unit)
+                known = merged
+                continue
+        pending.appendleft(unit)
+        close()
     return out
 
 
 def _hard_split(text: str, start: int, end: int, budget: int, count: TokenCounter) -> list[_Unit]:
-    """Longest prefixes within budget (binary search), for text with no spaces to cut at."""
+    """Longest prefixes within budget, for text with no spaces to cut at.
+
+    Each cut gallops out from the previous unit's length and then bisects, so every count
+    covers O(unit) characters: bisecting over the rest of the text made one long line
+    quadratic. Same cuts as a plain binary search when counts grow with the prefix.
+    """
     out: list[_Unit] = []
+    step = budget  # first guess in characters; a token rarely covers less than one
     while start < end:
         lo, hi = start + 1, end  # the answer lies in [lo, hi]; at least one char per unit
+        lo_tokens = -1  # count of text[start:lo] when known
+        while lo < hi:  # gallop: double the window until it goes over budget
+            probe = min(start + step, hi)
+            tokens = count(text[start:probe])
+            if tokens > budget:
+                hi = probe - 1
+                break
+            lo, lo_tokens = probe, tokens
+            step *= 2
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if count(text[start:mid]) <= budget:
-                lo = mid
+            tokens = count(text[start:mid])
+            if tokens <= budget:
+                lo, lo_tokens = mid, tokens
             else:
                 hi = mid - 1
-        out.append(_Unit(start, lo, count(text[start:lo])))
+        if lo_tokens < 0:
+            lo_tokens = count(text[start:lo])
+        out.append(_Unit(start, lo, lo_tokens))
+        step = lo - start
         start = lo
     return out
 

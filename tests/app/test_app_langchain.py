@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -16,13 +17,16 @@ from langchain_core.documents import Document  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.runnables import RunnablePassthrough  # noqa: E402
+from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from app import prompt as L  # noqa: E402
 from app.encoder import Reader  # noqa: E402
 from app.langchain import ChatRetNet, CollectionRetriever, RetNetLLM, format_passages, get_reader, rag_prompt  # noqa: E402
+from app.qa import CollectionNotFoundError  # noqa: E402
+from retrieval import Collection, HashEmbedder  # noqa: E402
 
-from .app_testutil import scripted_tokens, special_tokenizer, tiny_model  # noqa: E402
+from .app_testutil import DOCS, scripted_tokens, special_tokenizer, tiny_model  # noqa: E402
 
 
 @cache
@@ -41,6 +45,46 @@ class TestChatRetNetStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model_path": _standard_model_dir()}
+
+    # bind_tools/with_structured_output exist only to raise a clear NotImplementedError
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+
+@cache
+def _standard_collection_dir() -> str:
+    root = Path(tempfile.mkdtemp(prefix="retnet-rag-lc-col-"))
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    with Collection.open_or_create("std", root / "collections", embedder=HashEmbedder(64)) as col:
+        col.add([str(docs)])
+    return str(root / "collections")
+
+
+class TestCollectionRetrieverStandard(RetrieversIntegrationTests):
+    # the suite has one async test (pytest-asyncio comes with langchain-tests); the mark reaches its sync
+    # tests too, which pytest-asyncio only warns about
+    pytestmark = [pytest.mark.asyncio,
+                  pytest.mark.filterwarnings("ignore:.*marked with '@pytest.mark.asyncio' but it is not an async")]
+
+    @property
+    def retriever_constructor(self):
+        return CollectionRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"collection": "std", "data_dir": _standard_collection_dir()}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "What does rsync -r do?"
 
 
 class Collect(BaseCallbackHandler):
@@ -140,3 +184,67 @@ def test_retriever_and_lcel_chain(qa, monkeypatch):
     assert seen and seen[-1] >= 3  # one chunk per passage, then the question
     # streaming through the chain works too
     assert "".join(chain.stream("What does rsync -r do?")) == out
+
+
+def test_retriever_per_call_k_documents_and_rerank(qa):
+    retriever = CollectionRetriever(collection=qa.collection, k=2)
+    assert len(retriever.invoke("What does rsync -r do?", k=1)) == 1
+    assert len(retriever.invoke("What does rsync -r do?", k=3)) == 3
+    assert retriever.invoke("What does rsync -r do?", k=0) == []
+    assert len(retriever.invoke("What does rsync -r do?")) == 2  # the default is untouched
+    assert len(retriever.batch(["rsync", "gzip"], k=1)[1]) == 1
+    one = retriever.invoke("What does rsync -r do?", k=1)[0]
+    other = next(d for d in retriever.invoke("compress", k=3) if d.metadata["doc_id"] != one.metadata["doc_id"])
+    only = retriever.invoke("What does rsync -r do?", k=3, documents=[other.metadata["doc_id"]])
+    assert only and {d.metadata["doc_id"] for d in only} == {other.metadata["doc_id"]}
+    assert len(retriever.invoke("What does rsync -r do?", rerank=False)) == 2
+    with pytest.raises(TypeError, match="per-call options are k, documents and rerank"):
+        retriever.invoke("rsync", filter={"x": 1})
+    with pytest.raises(ValueError, match="k must be"):
+        retriever.invoke("rsync", k=-1)
+
+
+def test_retriever_async_per_call_k(qa):
+    retriever = CollectionRetriever(collection=qa.collection, k=3)
+    assert len(asyncio.run(retriever.ainvoke("What does rsync -r do?", k=1))) == 1
+
+
+def test_retriever_by_collection_name(qa, data_dir):
+    by_name = CollectionRetriever(collection="docs", data_dir=data_dir, k=2)  # a Path or a str
+    by_object = CollectionRetriever(collection=qa.collection, k=2)
+    q = "What does rsync -r do?"
+    assert [d.page_content for d in by_name.invoke(q)] == [d.page_content for d in by_object.invoke(q)]
+    by_name.close(), by_object.close()  # closes only what the retriever opened
+    assert len(by_object.invoke(q)) == 2
+    with pytest.raises(CollectionNotFoundError, match="no collection 'nope'.*collections there: docs"):
+        CollectionRetriever(collection="nope", data_dir=str(data_dir))
+    with pytest.raises(ValueError, match="needs a collection"):
+        CollectionRetriever(collection=None)
+
+
+def test_token_counting_uses_the_model_tokenizer(lc_reader, special_tok):
+    chat, llm = ChatRetNet(reader=lc_reader), RetNetLLM(reader=lc_reader)
+    text = "What does rsync -r do?"
+    want = special_tok.encode(text, add_special_tokens=False).ids
+    assert chat.get_token_ids(text) == llm.get_token_ids(text) == want
+    assert chat.get_num_tokens(text) == llm.get_num_tokens(text) == len(want) > 0
+    msgs = [SystemMessage("Be brief."), HumanMessage(text)]
+    assert chat.get_num_tokens_from_messages(msgs) == len(chat._turn(msgs).prompt_ids) > len(want)
+    assert chat.get_num_tokens_from_messages([]) == 0
+    custom = ChatRetNet(reader=lc_reader, custom_get_token_ids=lambda t: [1, 2, 3])
+    assert custom.get_num_tokens(text) == 3
+
+
+def test_tools_and_structured_output_are_refused_clearly(lc_reader):
+    chat = ChatRetNet(reader=lc_reader)
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    with pytest.raises(NotImplementedError, match="does not support tool calling"):
+        chat.bind_tools([add])
+    with pytest.raises(NotImplementedError, match="does not support tool calling"):
+        chat.get_num_tokens_from_messages([HumanMessage("hi")], tools=[add])
+    with pytest.raises(NotImplementedError, match="does not support structured output"):
+        chat.with_structured_output({"title": "x", "type": "object", "properties": {}})
