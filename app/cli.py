@@ -52,6 +52,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", type=Path,
                    help="model directory (default: $RETNET_RAG_MODEL or the bundled data/model)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"passages per question (default {DEFAULT_K})")
+    p.add_argument("--free", action="store_true",
+                   help="let the model write freely (default: answers are quotes of the passages read, or a refusal)")
     p.add_argument("--no-rerank", action="store_true",
                    help="use the embedder's ranking as is (default: re-rank candidates by exact terms too)")
     p.add_argument("--layout", choices=(*LAYOUTS, "chatml"), default=None,
@@ -199,7 +201,8 @@ def _open_qa(args, create: bool):
 
     options = AnswerOptions.build(k=args.k, layout=args.layout, max_new_tokens=args.max_new_tokens,
                                   max_question_tokens=args.max_question_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank)
+                                  top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank,
+                                  grounded=not args.free)
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=model, tokenizer=tokenizer,
                       embedder=_embedder(args), create=create, options=options)
 

@@ -63,6 +63,21 @@ def test_ask_with_add_creates_the_collection(capsys, base, docs_dir):
     assert "3 added" in err
 
 
+def test_free_switches_grounding_off(capsys, base, docs_dir):
+    import json
+
+    col, model = base
+    args = ["ask", "How does gzip decompress?", "-c", "g", "--add", docs_dir, *col, *model, "--embedder", "hash",
+            "--json"]
+    code, grounded, err = run(capsys, args)
+    assert code == 0, err
+    code, free, err = run(capsys, [*args, "--free"])
+    assert code == 0, err
+    # grounded answers are quotes of the passages (or the refusal); free ones carry no quotes
+    assert json.loads(grounded).get("quotes") or json.loads(grounded)["text"] == "That is not in the documents."
+    assert not json.loads(free).get("quotes")
+
+
 def test_ask_session_file_continues_the_conversation(capsys, base, docs_dir, tmp_path):
     col, model = base
     session = tmp_path / "s.session"
