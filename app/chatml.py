@@ -129,7 +129,8 @@ def _split(ids: list[int], offsets: list[int], cuts: list[int], max_chunk: int) 
     """Cut a segment's tokens into chunks of at most max_chunk, preferring the sentence ends in ``cuts``."""
     if len(ids) <= max_chunk:
         return [ids] if ids else []
-    allowed = {i for i, off in enumerate(offsets) if off in set(cuts)}
+    cut_set = set(cuts)
+    allowed = {i for i, off in enumerate(offsets) if off in cut_set}
     chunks, start = [], 0
     while len(ids) - start > max_chunk:
         stop = max((i for i in allowed if start < i <= start + max_chunk), default=start + max_chunk)

@@ -222,12 +222,7 @@ def from_llama_gguf(path: str | Path, dtype: torch.dtype | None = None, *, with_
     from ..model import RetNetForCausalLM
 
     cfg, sd = convert_llama_gguf(path, with_sha256=with_sha256)
-    with torch.device("meta"):
-        model = RetNetForCausalLM(cfg)
-    sd = {**sd, "lm_head.weight": sd["embed.weight"]}
-    model.load_state_dict(sd, strict=True, assign=True)
-    model.lm_head.weight = model.embed.weight  # assign=True broke the tie
-    return model.to(dtype) if dtype is not None else model
+    return RetNetForCausalLM.from_tensors(cfg, sd, str(path), dtype=dtype)  # checked, tied, all-or-nothing
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------
