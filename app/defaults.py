@@ -71,6 +71,14 @@ def configure_threads(threads: int | None, model=None) -> int:
 
     if threads and threads > 0:
         torch.set_num_threads(threads)
-    elif model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+    elif model is not None and _weights(model) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+def _weights(model) -> int:
+    """Parameters plus int8 weights (a quantized model keeps those as buffers: retnet.quantize)."""
+    import torch
+
+    return sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for b in model.buffers() if b.dtype == torch.int8)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from retnet import CheckpointError, RetentionState, RetNetForCausalLM, load_tokenizer
 from retnet.generation import SamplingConfig
+from retnet.quantize import quantize_model
 
 from . import prompt as L
 from .cache import PrefixCache, chain_key, root_key
@@ -54,8 +55,14 @@ class Ingested:
     seconds: float
 
 
-def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCausalLM, Any]:
-    """Model and tokenizer from a model directory (default: the bundled model), with clear errors."""
+def load_model(path: str | Path | None = None, device=None, quantize: str | None = None
+               ) -> tuple[RetNetForCausalLM, Any]:
+    """Model and tokenizer from a model directory (default: the bundled model), with clear errors.
+
+    ``quantize``: "auto" (default; None reads $RETNET_QUANTIZE), "int8" or "none". "auto" runs large
+    models (the converted SmolLM2 reader) with int8 Linear layers on the CPU, ~1.5x faster decoding for a
+    small quality cost, and everything else in float (retnet.quantize; benchmarks/results/reader_cpu.md).
+    """
     default = path is None
     path = Path(path).expanduser() if path is not None else default_model_dir()
     if not path.is_dir():
@@ -72,6 +79,7 @@ def load_model(path: str | Path | None = None, device=None) -> tuple[RetNetForCa
         model = RetNetForCausalLM.from_pretrained(path, device=device, dtype=torch.float32 if on_cpu else None)
     except CheckpointError as e:
         raise ModelNotFoundError(f"cannot load the model in {path}: {e}") from None
+    quantize_model(model, quantize)
     tokenizer = load_tokenizer(path)
     if tokenizer is None:
         raise ModelNotFoundError(f"{path} has no tokenizer.json; a model directory needs its tokenizer")
@@ -109,8 +117,10 @@ class Reader:
         self.sampling = options.sampling
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device=None, **options) -> Reader:
-        model, tokenizer = load_model(path, device)
+    def from_pretrained(cls, path: str | Path | None = None, device=None, *, quantize: str | None = None,
+                        **options) -> Reader:
+        """A reader over ``load_model(path, device, quantize)``; ``options`` as for Reader()."""
+        model, tokenizer = load_model(path, device, quantize)
         return cls(model, tokenizer, **options)
 
     # -- basics ------------------------------------------------------------------------------

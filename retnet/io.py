@@ -1,16 +1,28 @@
 """Atomic file writes: write a temp file beside the target, fsync, then rename.
 
 A reader (or a crash) sees either the old file or the new one, never half of one.
+
+Temp files are named ``.<target name>.<pid>.<random>.tmp`` (folders the same). A writer that is
+killed leaves its temp behind; the next atomic write to the same target removes the stale ones:
+those whose writer (the pid in the name) is no longer running on this machine, and any not
+modified for ``STALE_AFTER_S`` (a reused pid, or a writer on another machine). Temps of the old
+naming, ``.<target name>.<random>.tmp``, go by age only. Nothing else in the folder is touched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+STALE_AFTER_S = 15 * 60  # a temp not modified for this long belongs to no live write
+
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
 
 
 @contextmanager
@@ -18,7 +30,8 @@ def atomic_path(target: str | Path):
     """Yield a temp path in the target's folder; on success it replaces the target."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
@@ -40,7 +53,8 @@ def atomic_directory(target: str | Path):
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         old = target.with_name(target.name + ".old")
@@ -53,10 +67,58 @@ def atomic_directory(target: str | Path):
         _remove(tmp)
 
 
+def remove_stale_temps(target: str | Path, now: float | None = None) -> list[Path]:
+    """Remove the temp files and folders that killed atomic writes to `target` left; returns them.
+
+    Never raises: a temp that vanishes or cannot be removed is left to the next write.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?{_RANDOM}\.tmp")
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            if entry.is_symlink():
+                continue  # never ours: we create plain files and folders
+            pid = int(m.group(1)) if m.group(1) else None
+            idle = now - entry.stat(follow_symlinks=False).st_mtime
+            if idle < STALE_AFTER_S and (pid is None or pid == os.getpid() or _alive(pid)):
+                continue
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but is not ours; anything else: assume alive
+        return True
+    return True
+
+
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists():
+    elif path.exists() or path.is_symlink():
         path.unlink()
 
 

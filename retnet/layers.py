@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .config import RetNetConfig
-from .rotary import apply_rotary, inverse_frequencies
+from .rotary import inverse_frequencies, rotary_cos_sin, rotate
 
 MODES = ("parallel", "recurrent", "chunkwise")
 
@@ -30,7 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.to(ops.reference.compute_dtype(x))
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # F.rms_norm is xf * rsqrt(mean(xf^2) + eps), the same operations without the Python per step
+        y = F.rms_norm(xf, (xf.shape[-1],), None, self.eps)
         return (y * self.weight.to(y.dtype)).to(x.dtype)
 
 
@@ -143,11 +144,11 @@ class MultiScaleRetention(nn.Module):
             k = k * K**-0.5
         else:
             q = q * K**-0.5
-        inv_freq = self._inv_freq.on(x.device)
+        cos, sin = rotary_cos_sin(positions, self._inv_freq.on(x.device), dt)  # once for q and k
         # Rounded once, after the float32 rotation, to v's dtype: the kernels want q, k and v in one dtype
         # (under autocast that is the projections' bf16, not the float32 of the weights and of x).
-        q = apply_rotary(q, positions, inv_freq, cfg.rotary_style).to(v.dtype)
-        k = apply_rotary(k, positions, inv_freq, cfg.rotary_style).to(v.dtype)
+        q = rotate(q, cos, sin, cfg.rotary_style).to(v.dtype)
+        k = rotate(k, cos, sin, cfg.rotary_style).to(v.dtype)
         log_decay = self._log_decay.on(x.device)
         if mode == "parallel":
             o, state = ops.parallel_retention(q, k, v, log_decay, state=state, mask=mask)

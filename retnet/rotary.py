@@ -24,9 +24,18 @@ def inverse_frequencies(cfg: RetNetConfig) -> Tensor:
 
 def apply_rotary(x: Tensor, positions: Tensor, inv_freq: Tensor, style: str) -> Tensor:
     """Rotate x [B, T, H, K] by positions [B, T] (absolute token positions)."""
+    return rotate(x, *rotary_cos_sin(positions, inv_freq, x.dtype), style)
+
+
+def rotary_cos_sin(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin [B, T, 1, K/2] of the angles for positions [B, T] (computed in float64, then cast):
+    compute them once to rotate both q and k."""
     angles = positions.to(torch.float64)[..., None] * inv_freq.to(positions.device)  # [B, T, K/2]
-    cos = angles.cos().to(x.dtype)[:, :, None, :]
-    sin = angles.sin().to(x.dtype)[:, :, None, :]
+    return angles.cos().to(dtype)[:, :, None, :], angles.sin().to(dtype)[:, :, None, :]
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
+    """x [B, T, H, K] rotated by the angles whose cos and sin are given (see rotary_cos_sin)."""
     if style == "interleaved":  # pairs (2i, 2i+1)
         a, b = x[..., 0::2], x[..., 1::2]
         return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)

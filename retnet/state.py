@@ -12,11 +12,14 @@ loaded into a different model by accident. Tensors: `layer.{i}`, `offsets`, and
 with token shift `last_input.{i}` (the header then says `"last_inputs": true`).
 Files without them (all files written before token shift existed) read as
 states of models without token shift; the format version stays 1. No pickle anywhere.
+Loading reads and checks the whole file (tensor names, dtypes, batch, finite values,
+offsets >= 0) before it returns a state; anything malformed is a StateMismatchError.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +35,38 @@ STATE_FORMAT = "retnet-rag-state"
 STATE_FORMAT_VERSION = 1
 
 
+STATE_DTYPES = (torch.float32, torch.float64)
+_TENSOR_NAME = re.compile(r"(layer|last_input)\.(0|[1-9][0-9]*)")
+
+
 class StateMismatchError(ValueError):
-    """The state on disk belongs to a different model (or is not a state at all)."""
+    """The state on disk belongs to a different model, or is not a well-formed state at all."""
+
+
+def check_header(header, source: str = "state file") -> None:
+    """Refuse a state file header of the wrong format, version or field types."""
+    if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
+        raise StateMismatchError(f"{source} is not a retnet-rag state file")
+    if header.get("format_version") != STATE_FORMAT_VERSION:
+        raise StateMismatchError(f"{source} has state format version {header.get('format_version')!r}, "
+                                 f"this code reads version {STATE_FORMAT_VERSION}")
+    n = header.get("num_layers")
+    if type(n) is not int or n < 1:
+        raise StateMismatchError(f"{source}: num_layers must be a positive integer, got {n!r}")
+    if not isinstance(header.get("last_inputs", False), bool):
+        raise StateMismatchError(f"{source}: last_inputs must be true or false, got {header['last_inputs']!r}")
+    if not isinstance(header.get("fingerprint"), (str, type(None))):
+        raise StateMismatchError(f"{source}: fingerprint must be a string, got {header['fingerprint']!r}")
+
+
+def _state_tensor_name(name: str, num_layers: int, last_inputs: bool) -> bool:
+    """Whether `name` is one of the tensors of a state file with this header."""
+    m = _TENSOR_NAME.fullmatch(name)
+    return name == "offsets" or (m is not None and (m[1] == "layer" or last_inputs) and int(m[2]) < num_layers)
+
+
+def _few(names: list[str]) -> str:
+    return (", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")) or "none"
 
 
 @dataclass
@@ -123,37 +156,73 @@ class RetentionState:
 
     @classmethod
     def load(cls, path: str | Path, model=None, device=None) -> RetentionState:
-        """Read a saved state; with `model`, refuse a state written by a different model."""
+        """Read a saved state; with `model`, refuse a state written by a different model.
+
+        Everything is read and checked (``from_file``) before a state is returned; a damaged or
+        malformed file raises StateMismatchError, a missing one FileNotFoundError."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no state file at {path}")
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = json.loads((f.metadata() or {}).get("header", "null"))
-                if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
-                    raise StateMismatchError(f"{path} is not a retnet-rag state file")
-                if header.get("format_version") != STATE_FORMAT_VERSION:
-                    raise StateMismatchError(
-                        f"{path} has state format version {header.get('format_version')}, "
-                        f"this code reads version {STATE_FORMAT_VERSION}")
-                n = int(header["num_layers"])
-                layers = [f.get_tensor(f"layer.{i}") for i in range(n)]
-                offsets = f.get_tensor("offsets")
-                last_inputs = [f.get_tensor(f"last_input.{i}") for i in range(n)] if header.get("last_inputs") else None
-        except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as e:
+                check_header(header, str(path))  # before reading tensors: a model file is no state
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no __iter__)
+        except StateMismatchError:
+            raise
+        except (SafetensorError, OSError, ValueError, TypeError, RecursionError) as e:
             raise StateMismatchError(f"{path} is not a readable state file ({e})") from None
-        state = cls(layers, offsets, header.get("fingerprint"), last_inputs)
+        state = cls.from_file(header, tensors, source=str(path))
         if model is not None:
             state.check_compatible(model, source=str(path))
         return state.to(device) if device is not None else state
 
+    @classmethod
+    def from_file(cls, header, tensors: dict[str, Tensor], source: str = "state file") -> RetentionState:
+        """A state from a state file's JSON header and tensors, refused unless well formed: exactly the
+        tensor names the header implies, float32/float64 state tensors of one dtype, one batch size
+        throughout, finite values and int64 offsets >= 0. Shapes against a model: ``check_layout``."""
+        check_header(header, source)
+        n, shift = header["num_layers"], header.get("last_inputs", False)
+        unexpected = sorted(name for name in tensors if not _state_tensor_name(name, n, shift))
+        missing_count = 1 + n * (2 if shift else 1) - (len(tensors) - len(unexpected))
+        if unexpected or missing_count:
+            missing = [f"{missing_count} tensors"] if n > 4096 else sorted(  # n is the file's word: bound the work
+                {"offsets", *(f"layer.{i}" for i in range(n)), *(f"last_input.{i}" for i in range(n) if shift)}
+                - set(tensors))
+            raise StateMismatchError(f"{source} has the wrong tensors for a {n}-layer state "
+                                     f"(missing {_few(missing)}, unexpected {_few(unexpected)})")
+        offsets = tensors["offsets"]
+        if offsets.dtype != torch.int64 or offsets.dim() != 1 or offsets.numel() == 0:
+            raise StateMismatchError(f"{source}: offsets must be a non-empty 1-D int64 tensor, "
+                                     f"got {offsets.dtype} of shape {tuple(offsets.shape)}")
+        if bool((offsets < 0).any()):
+            raise StateMismatchError(f"{source}: negative token offsets {offsets.tolist()[:8]}")
+        batch, dtype = offsets.shape[0], tensors["layer.0"].dtype
+        for name, t in tensors.items():
+            if name == "offsets":
+                continue
+            dims = 4 if name.startswith("layer.") else 2
+            if t.dtype not in STATE_DTYPES or t.dtype != dtype:
+                raise StateMismatchError(f"{source}: {name} is {t.dtype}; state tensors are all float32 "
+                                         f"or all float64 (layer.0 is {dtype})")
+            if t.dim() != dims or t.shape[0] != batch:
+                raise StateMismatchError(f"{source}: {name} has shape {tuple(t.shape)}, expected {dims} "
+                                         f"dimensions with batch {batch} first")
+            if not bool(torch.isfinite(t).all()):
+                raise StateMismatchError(f"{source}: {name} holds non-finite values (NaN or infinity)")
+        layers = [tensors[f"layer.{i}"] for i in range(n)]
+        last_inputs = [tensors[f"last_input.{i}"] for i in range(n)] if shift else None
+        return cls(layers, offsets, header.get("fingerprint"), last_inputs)
+
     def check_layout(self, cfg, source: str = "state") -> None:
         """Refuse a state whose tensors do not fit a model with config `cfg` (shapes, token shift)."""
         expected = (cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim)
-        if len(self.layers) != cfg.num_layers or any(tuple(t.shape[1:]) != expected for t in self.layers):
-            raise StateMismatchError(f"{source} has the wrong shape for this model "
-                                     f"({len(self.layers)} layers of {tuple(self.layers[0].shape[1:])}, "
-                                     f"expected {cfg.num_layers} of {expected})")
+        shapes = sorted({tuple(t.shape[1:]) for t in self.layers})
+        if len(self.layers) != cfg.num_layers or shapes != [expected]:
+            raise StateMismatchError(f"{source} has the wrong shape for this model ({len(self.layers)} layers of "
+                                     f"{' or '.join(map(str, shapes)) or 'nothing'}, expected {cfg.num_layers} "
+                                     f"of {expected})")
         if (self.last_inputs is not None) != cfg.token_shift:
             raise StateMismatchError(
                 f"{source} has no token-shift inputs (last_inputs) but this model uses token_shift"

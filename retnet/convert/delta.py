@@ -15,6 +15,8 @@ ship as a directory of its own that names the base instead of copying it (DESIGN
 Loading finds the base file inside the installed package (never imported: its dependencies are not
 needed), checks its SHA-256, converts it, applies the delta in float32 and builds the model with the
 usual all-or-nothing checks. `import retnet.convert` registers this format with from_pretrained.
+The hash and the conversion are done once per base file and kept in the user cache directory
+(retnet.convert.llama_gguf.cached_convert_llama_gguf): a warm load reads one safetensors file.
 """
 
 from __future__ import annotations
@@ -87,12 +89,13 @@ def load_delta_directory(path: str | Path, device=None, dtype=None) -> RetNetFor
         cfg = RetNetConfig.from_dict(raw["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: bad 'config': {e}") from None
-    from .llama_gguf import convert_llama_gguf, file_sha256
+    from .llama_gguf import cached_convert_llama_gguf, cached_file_sha256
 
     base_file = find_base(base)
-    if base.get("sha256") and file_sha256(base_file) != base["sha256"]:
+    sha256 = cached_file_sha256(base_file)  # hashed once per (path, size, mtime)
+    if base.get("sha256") and sha256 != base["sha256"]:
         raise CheckpointError(f"{base_file} is not the base this delta was made for (SHA-256 differs)")
-    _, tensors = convert_llama_gguf(base_file, with_sha256=False)
+    _, tensors = cached_convert_llama_gguf(base_file, sha256)  # converted once per file content
     delta_file = path / DELTA_FILE
     if not delta_file.is_file():
         raise CheckpointError(f"missing {delta_file}")

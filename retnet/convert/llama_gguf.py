@@ -29,6 +29,15 @@ attention becomes retention (DESIGN.md §2), so the result is a *starting point*
 Anything else (biases, other architectures, a separate output head of another shape, missing
 tensors, rotary scaling) is refused with a CheckpointError naming it. Reading needs the `gguf`
 package (imported lazily); quantized tensors (Q4_1, Q8_0, ...) are dequantized by gguf.quants.
+
+Converting is slow (parsing the GGUF's 100k-string vocabulary and dequantizing: 5-15 s on 2 CPU
+cores), so ``cached_convert_llama_gguf`` keeps the result in a user cache directory
+(``cache_dir()``: $RETNET_CACHE_DIR, else $XDG_CACHE_HOME/retnet-rag, else ~/.cache/retnet-rag;
+RETNET_CACHE_DIR=off disables it): one safetensors file per GGUF content and converter version
+(``llama-gguf/<sha256>-v<CONVERTER_VERSION>.safetensors``, the config in its metadata, written
+atomically, never pickle), and the files' SHA-256 remembered by (path, size, mtime) in
+``sha256.json`` so a second load does not hash 98 MB again. A damaged or foreign cache file is
+converted again and replaced; an unwritable cache directory only costs the speed.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +56,12 @@ from ..checkpoint import CheckpointError
 from ..config import RetNetConfig
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+# Bump when convert_llama_gguf's output changes for the same file: cached conversions are keyed by it.
+CONVERTER_VERSION = 1
+CACHE_ENV = "RETNET_CACHE_DIR"
+_CACHE_FORMAT = "retnet-rag/converted-llama-gguf"
+_SHA_INDEX = "sha256.json"
+_SHA_INDEX_MAX = 64  # files remembered
 DEFAULT_HORIZONS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # tokens; spread over the heads
 _LAYER_MAP = {  # GGUF name (after blk.N.) -> ours (after layers.N.)
     "attn_norm.weight": "retention_norm.weight",
@@ -128,7 +145,7 @@ def _metadata(reader, path) -> dict:
 def _tensor(t) -> np.ndarray:
     """A GGUF tensor as float32 [rows, cols] (torch layout: [out, in])."""
     gguf = _gguf()
-    data = gguf.quants.dequantize(t.data, t.tensor_type)
+    data = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)  # a plain array: memmap slicing is slow
     shape = tuple(int(n) for n in reversed([int(d) for d in t.shape]))  # GGUF lists dims fastest-first
     return np.array(data, dtype=np.float32).reshape(shape)
 
@@ -225,6 +242,103 @@ def from_llama_gguf(path: str | Path, dtype: torch.dtype | None = None, *, with_
     return RetNetForCausalLM.from_tensors(cfg, sd, str(path), dtype=dtype)  # checked, tied, all-or-nothing
 
 
+# -- the conversion cache ------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path | None:
+    """The user cache directory for converted weights, or None when RETNET_CACHE_DIR turns it off."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "none") else Path(value).expanduser()
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "retnet-rag"
+
+
+def _read_sha_index(folder: Path) -> dict:
+    try:
+        entries = json.loads((folder / _SHA_INDEX).read_text()).get("files", {})
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError, AttributeError):  # missing, unreadable or not the JSON we write
+        return {}
+
+
+def cached_file_sha256(path: str | Path, folder: Path | None = None) -> str:
+    """file_sha256, remembered in the cache directory by (resolved path, size, mtime): a file that has not
+    changed is hashed once. Without a cache directory it simply hashes."""
+    from ..io import atomic_write_text
+
+    folder = cache_dir() if folder is None else folder
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if folder is not None:
+        known = _read_sha_index(folder).get(str(path))
+        if isinstance(known, dict) and all(known.get(k) == v for k, v in stamp.items()):
+            if isinstance(known.get("sha256"), str):
+                return known["sha256"]
+    digest = file_sha256(path)
+    if folder is not None:
+        entries = _read_sha_index(folder)
+        entries.pop(str(path), None)
+        entries[str(path)] = {**stamp, "sha256": digest}  # newest last; the oldest are dropped
+        entries = dict(list(entries.items())[-_SHA_INDEX_MAX:])
+        try:
+            atomic_write_text(folder / _SHA_INDEX, json.dumps({"files": entries}, indent=1) + "\n")
+        except OSError as e:
+            warnings.warn(f"cannot write the hash cache in {folder}: {e}", stacklevel=2)
+    return digest
+
+
+def converted_cache_file(sha256: str, folder: Path) -> Path:
+    return folder / "llama-gguf" / f"{sha256}-v{CONVERTER_VERSION}.safetensors"
+
+
+def _read_converted(file: Path, sha256: str) -> tuple[RetNetConfig, dict[str, torch.Tensor]] | None:
+    """The cached conversion in ``file``, or None if it is missing, damaged or not this file's."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = f.metadata() or {}
+        if (meta.get("format") != _CACHE_FORMAT or meta.get("sha256") != sha256
+                or meta.get("converter_version") != str(CONVERTER_VERSION)):
+            return None
+        cfg = RetNetConfig.from_dict(json.loads(meta["config"]))
+        return cfg, load_file(str(file))
+    except Exception:  # safetensors raises its own error types for damaged files; any failure means "convert"
+        return None
+
+
+def cached_convert_llama_gguf(path: str | Path, sha256: str | None = None
+                              ) -> tuple[RetNetConfig, dict[str, torch.Tensor]]:
+    """convert_llama_gguf(path) through the user cache (see the module docstring): the same config and
+    float32 tensors, bit for bit. ``sha256`` is the file's, if the caller already has it."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write
+
+    folder = cache_dir()
+    sha256 = sha256 or cached_file_sha256(path, folder)
+    file = converted_cache_file(sha256, folder) if folder is not None else None
+    hit = _read_converted(file, sha256) if file is not None else None
+    if hit is not None:
+        return hit
+    cfg, sd = convert_llama_gguf(path, with_sha256=False)
+    cfg.extra["sha256"] = sha256
+    if file is None:
+        return cfg, sd
+    meta = {"format": _CACHE_FORMAT, "sha256": sha256, "converter_version": str(CONVERTER_VERSION),
+            "source": Path(path).name, "config": json.dumps(cfg.to_dict())}
+    try:
+        atomic_write(file, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    except OSError as e:
+        warnings.warn(f"cannot cache the converted weights in {file.parent}: {e}", stacklevel=2)
+    return cfg, sd
+
+
 # -- tokenizer ----------------------------------------------------------------------------------------
 
 _CONTROL = 3  # llama.cpp token type of special (control) tokens
@@ -278,5 +392,6 @@ def write_tokenizer_files(path: str | Path, folder: str | Path) -> list[str]:
     return ["tokenizer.json", "tokenizer_config.json"]
 
 
-__all__ = ["convert_llama_gguf", "from_llama_gguf", "gguf_tokenizer", "gguf_chat_info", "write_tokenizer_files",
-           "unpermute_rotary_rows", "repeat_kv_rows", "file_sha256", "DEFAULT_HORIZONS"]
+__all__ = ["convert_llama_gguf", "cached_convert_llama_gguf", "from_llama_gguf", "gguf_tokenizer", "gguf_chat_info",
+           "write_tokenizer_files", "unpermute_rotary_rows", "repeat_kv_rows", "file_sha256", "cached_file_sha256",
+           "cache_dir", "CONVERTER_VERSION", "DEFAULT_HORIZONS"]

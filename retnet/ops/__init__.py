@@ -42,6 +42,7 @@ from .reference import (
     check_chunk_lengths,
     chunk_lengths_for,
     naive_retention_chunkwise,
+    naive_retention_decode,
     naive_retention_parallel,
     naive_retention_recurrent,
     naive_retention_step,
@@ -127,7 +128,10 @@ def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None,
         from .triton_chunk import chunk_retention_triton
         o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
-    o, st = naive_retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
+    if q.shape[1] == 1 and mask is None and state is not None:  # a decode step: no loop needed
+        o, st = naive_retention_decode(q, k, v, log_decay, state)
+    else:
+        o, st = naive_retention_recurrent(q, k, v, log_decay, state=state, mask=mask)
     return o, (st if output_final_state else None)
 
 
@@ -168,4 +172,5 @@ __all__ = [
     "parallel_retention", "recurrent_retention", "chunk_retention", "retention_step",
     "chunk_lengths_for", "check_chunk_lengths",
     "naive_retention_parallel", "naive_retention_recurrent", "naive_retention_chunkwise", "naive_retention_step",
+    "naive_retention_decode",
 ]

@@ -103,6 +103,24 @@ def naive_retention_recurrent(q, k, v, log_decay, state=None, mask=None) -> tupl
     return o.to(out_dtype), state
 
 
+def naive_retention_decode(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """The recurrent form for one token without padding, as a decode step uses it: (o, new state).
+
+    q, k [B, 1, H, K], v [B, 1, H, V], state [B, H, K, V] (not changed). S' = gamma S + k^T v, o = q S'.
+    Written without the general form's per-token loop and bookkeeping: a decode step calls it 30 times
+    per token, and on a CPU those few-microsecond operations add up.
+    """
+    B, T, H, K = q.shape
+    if T != 1 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or state.shape != (B, H, K, v.shape[-1]):
+        raise ValueError(f"expected q, k [B,1,H,K], v [B,1,H,V] and state [B,H,K,V]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}, {tuple(state.shape)}")
+    dt = compute_dtype(q)
+    decay = log_decay.to(device=q.device, dtype=dt).exp()[:, None, None]  # [H, 1, 1]
+    new = torch.addcmul(state.to(dt) * decay, k[:, 0, :, :, None].to(dt), v[:, 0, :, None, :].to(dt))
+    o = torch.matmul(q[:, 0, :, None, :].to(dt), new)  # [B, H, 1, V]
+    return o.transpose(1, 2).to(q.dtype), new
+
+
 def chunk_lengths_for(total: int, chunk_size: int) -> list[int]:
     """Fixed-size chunking as a list of lengths (the last chunk may be shorter)."""
     if chunk_size <= 0:
