@@ -1,6 +1,8 @@
 """The ``retnet-rag`` command: ingest documents, ask questions, chat, list collections, convert checkpoints.
 
     retnet-rag ingest docs/ manual.pdf --collection manuals
+    retnet-rag update docs/ --collection manuals        # re-read edited files, drop deleted ones
+    retnet-rag rm manual.pdf --collection manuals       # by path (file or folder) or document id
     retnet-rag ask "How do I reset it?" --collection manuals
     retnet-rag ask "What does -r do?" --collection samples --add data/samples   # create + ingest + ask
     retnet-rag chat --collection manuals --session chat.session
@@ -38,14 +40,46 @@ class UsageError(AppError):
 
 
 # -- argument parsing ------------------------------------------------------------------------------
-def _collection_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _collection_args(p: argparse.ArgumentParser, required: bool = True, embedder: bool = True) -> None:
     p.add_argument("--collection", "-c", required=required, metavar="NAME",
                    help="collection name (letters, digits, '_', '.', '-')")
     p.add_argument("--data-dir", metavar="DIR", type=Path,
                    help="where collections live (default: $RETNET_RAG_DATA_DIR, else "
                         "~/.local/share/retnet-rag/collections)")
-    p.add_argument("--embedder", choices=EMBEDDERS, default=None,
-                   help="embedder for a NEW collection (default: minilm); an existing one keeps its own")
+    if embedder:
+        p.add_argument("--embedder", choices=EMBEDDERS, default=None,
+                       help="embedder for a NEW collection (default: minilm); an existing one keeps its own")
+
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    """Budgets per file, the wait for the collection's lock, symbolic links (see retrieval.limits)."""
+    p.add_argument("--max-file-mb", type=_positive_float, default=100.0, metavar="MB",
+                   help="larger files are refused (default 100)")
+    p.add_argument("--max-file-seconds", type=_positive_float, default=120.0, metavar="S",
+                   help="time to extract one file's text; a file that takes longer fails on its own (default 120)")
+    p.add_argument("--wait", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="how long to wait while another process writes the collection (default 60; 0: not at all; "
+                        "'inf': forever)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symbolic links found inside folders when they point to files inside the same folder "
+                        "(default: skip them; links out of the folder are never followed)")
+
+
+def _positive_float(text: str) -> float:
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -80,9 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="add files and folders to a collection (creating it if needed)",
                        description="Add files and folders (recursively) to a collection, creating it if needed. "
-                                   "Bad files are listed with the reason; the rest are added.")
+                                   "Bad files are listed with the reason; the rest are added. Each file is loaded "
+                                   "within a size and a time budget; a file over either fails on its own.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     _collection_args(p)
+    _ingest_args(p)
+
+    p = sub.add_parser("update", help="re-read files and folders: add new, replace edited, drop deleted",
+                       description="Bring a collection in step with files and folders: new files are added, "
+                                   "edited ones replace their old version, unchanged ones are skipped, and the "
+                                   "documents of files under a PATH that no longer exist are removed. A PATH "
+                                   "that is gone is accepted when documents came from it.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _collection_args(p, embedder=False)
+    _ingest_args(p)
+
+    p = sub.add_parser("rm", help="remove documents from a collection by path or id",
+                       description="Remove documents from a collection. Each PATH_OR_ID is a document id, the "
+                                   "path of an ingested file, or a folder (every document from under it); the "
+                                   "files themselves are not touched. If any of them names no document, nothing "
+                                   "is removed.")
+    p.add_argument("refs", nargs="+", metavar="PATH_OR_ID")
+    _collection_args(p, embedder=False)
+    p.add_argument("--dry-run", "-n", action="store_true", help="list the documents that would go; remove nothing")
 
     p = sub.add_parser("ask", help="answer one question from a collection",
                        description="Answer one question from a collection: the answer streams to stdout, "
@@ -191,20 +245,17 @@ def _embedder(args):
 
 
 def _open_qa(args, create: bool):
-    from .defaults import configure_threads
-    from .encoder import load_model
-    from .qa import MultiDocQA
-
-    model, tokenizer = load_model(args.model, args.device)  # a missing model fails before any ingestion
-    configure_threads(args.threads, model)
     from .options import AnswerOptions
+    from .qa import MultiDocQA
 
     options = AnswerOptions.build(k=args.k, layout=args.layout, max_new_tokens=args.max_new_tokens,
                                   max_question_tokens=args.max_question_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank,
                                   grounded=not args.free)
-    return MultiDocQA(args.collection, data_dir=args.data_dir, model=model, tokenizer=tokenizer,
-                      embedder=_embedder(args), create=create, options=options)
+    # MultiDocQA loads the model (a missing one fails before any ingestion) while the collection's embedder
+    # loads in the background, and picks the threads (--threads 0: 1 for small models).
+    return MultiDocQA(args.collection, data_dir=args.data_dir, model=args.model, device=args.device,
+                      threads=args.threads, embedder=_embedder(args), create=create, options=options)
 
 
 def _add(qa, paths) -> None:
@@ -248,17 +299,83 @@ def _stream_answer(session, question: str, out=None):
 
 
 # -- commands --------------------------------------------------------------------------------------
+def _limits_and_wait(args):
+    """(LoadLimits, lock wait) from the options of _ingest_args; 'inf' means no limit (None there)."""
+    from retrieval import LoadLimits
+
+    unlimited = float("inf")
+    limits = LoadLimits(max_file_bytes=None if args.max_file_mb == unlimited else max(1, int(args.max_file_mb * 2**20)),
+                        max_seconds=args.max_file_seconds)
+    return limits, None if args.wait == unlimited else args.wait
+
+
 def cmd_ingest(args) -> int:
-    from retrieval import Collection
+    from retrieval import Collection, CollectionBusyError
 
     for p in args.paths:
         if not p.exists():
             raise UsageError(f"no such file or folder: {p}")
-    with Collection.open_or_create(args.collection, args.data_dir, embedder=_embedder(args)) as col:
-        report = col.add([str(p) for p in args.paths])
-        print(report.summary())
-        print(f"collection {col.name!r}: {len(col.documents())} documents, {len(col)} passages ({col.path})")
+    limits, wait = _limits_and_wait(args)
+    try:
+        with Collection.open_or_create(args.collection, args.data_dir, embedder=_embedder(args), limits=limits,
+                                       lock_timeout=wait) as col:
+            report = col.add([str(p) for p in args.paths], follow_symlinks=args.follow_symlinks)
+            print(report.summary())
+            print(f"collection {col.name!r}: {len(col.documents())} documents, {len(col)} passages ({col.path})")
+    except CollectionBusyError as e:
+        raise AppError(f"{e}; --wait SECONDS waits longer") from None
     return 0 if report.ok else 1
+
+
+def _open_existing(args):
+    from retrieval import Collection
+
+    from .qa import require_collection
+
+    require_collection(args.collection, args.data_dir)
+    return Collection.open(args.collection, args.data_dir)
+
+
+def _collection_line(col) -> str:
+    return f"collection {col.name!r}: {len(col.documents())} documents, {len(col)} passages ({col.path})"
+
+
+def cmd_update(args) -> int:
+    from retrieval import Collection, CollectionBusyError
+
+    from .qa import require_collection
+
+    require_collection(args.collection, args.data_dir)
+    limits, wait = _limits_and_wait(args)
+    try:
+        with Collection.open(args.collection, args.data_dir, limits=limits, lock_timeout=wait) as col:
+            for p in args.paths:  # checked before anything changes
+                if not p.exists() and not col.find_documents(p):
+                    raise UsageError(f"no such file or folder, and no document from it in collection "
+                                     f"{col.name!r}: {p}")
+            report = col.update([str(p) for p in args.paths], follow_symlinks=args.follow_symlinks)
+            print(report.summary())
+            print(_collection_line(col))
+    except CollectionBusyError as e:
+        raise AppError(f"{e}; --wait SECONDS waits longer") from None
+    return 0 if report.ok else 1
+
+
+def cmd_rm(args) -> int:
+    with _open_existing(args) as col:
+        found = {ref: col.find_documents(ref) for ref in args.refs}
+        unknown = [ref for ref, docs in found.items() if not docs]
+        if unknown:
+            raise UsageError(f"no document with id or path {', '.join(map(repr, unknown))} in collection "
+                             f"{col.name!r}; nothing was removed (list them: retnet-rag collections)")
+        docs = col.remove_documents(args.refs) if not args.dry_run else list(
+            {d.id: d for docs in found.values() for d in docs}.values())
+        verb = "would remove" if args.dry_run else "removed"
+        for d in docs:
+            print(f"{verb} {d.id} {d.title!r} ({d.passages} passages) {d.source}")
+        print(f"{verb} {len(docs)} document(s), {sum(d.passages for d in docs)} passages")
+        print(_collection_line(col))
+    return 0
 
 
 def _start_session(qa, args):
@@ -336,7 +453,7 @@ def cmd_chat(args) -> int:
                             print(f"(loaded {rest}: {len(session)} turns)")
                     else:
                         print(f"unknown command {cmd}; /help lists them")
-                except AppError as e:
+                except (AppError, OSError) as e:  # report it; the chat and its conversation go on
                     print(f"error: {e}")
                 continue
             try:
@@ -346,7 +463,10 @@ def cmd_chat(args) -> int:
                 print(f"\nerror: {e}")
                 continue
             if args.session:
-                session.save(args.session)
+                try:
+                    session.save(args.session)
+                except (AppError, OSError) as e:
+                    print(f"error: {e} (the chat goes on; /save PATH keeps the conversation elsewhere)")
 
 
 def cmd_convert(args) -> int:
@@ -404,7 +524,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"ui": cmd_ui, "ingest": cmd_ingest, "ask": cmd_ask, "chat": cmd_chat, "convert": cmd_convert,
-            "collections": cmd_collections, "serve": cmd_serve}
+            "collections": cmd_collections, "serve": cmd_serve, "update": cmd_update, "rm": cmd_rm}
 
 
 def _is_user_error(e: BaseException) -> bool:

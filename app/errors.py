@@ -24,7 +24,7 @@ class CollectionNotFoundError(AppError, LookupError):
 
 
 class SessionFileError(AppError, ValueError):
-    """A session file is missing, corrupted, truncated or not a session file."""
+    """A session file is missing, corrupted, truncated, malformed or not a session file, or cannot be written."""
 
 
 class SessionModelMismatchError(SessionFileError):

@@ -24,6 +24,11 @@ Tokens are counted with the model's own tokenizer (``get_num_tokens``; for messa
 the model reads it). Tool calling and structured output are not supported: ``bind_tools`` and
 ``with_structured_output`` raise NotImplementedError saying so.
 
+Async (``ainvoke``, ``astream``, ``abatch``) is native: prefill and decode run in a worker thread that
+hands each piece to the event loop, which never waits on torch; cancelling the consumer (task cancel,
+leaving ``astream`` early) stops the decode before its next token. The retriever's async path runs
+the (quick, synchronous) search in LangChain's executor.
+
 ``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
 parameters) and ignored: the model runs locally.
 
@@ -37,15 +42,21 @@ character offsets ``start``/``end`` into that passage's text, the ``text`` and i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 try:
-    from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForLLMRun,
+        CallbackManagerForLLMRun,
+        CallbackManagerForRetrieverRun,
+    )
     from langchain_core.documents import Document
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.language_models.llms import LLM
@@ -87,6 +98,72 @@ def get_reader(model_path: str | Path | None = None, device: str | None = None,
         if reader is None:
             reader = _READERS[key] = Reader.from_pretrained(path, device=device, cache=cache_bytes)
         return reader
+
+
+_DONE = object()
+
+
+class _ThreadedAnswer:
+    """An answer decoded in a worker thread and read from the event loop (the native async path).
+
+    ``start`` (prefill included: it may load the model and read a long prompt) and the decode run in
+    one thread, which hands each text piece to the loop with ``call_soon_threadsafe``; the loop never
+    waits on torch. ``async for piece in answer.pieces()``; afterwards ``answer.stream`` is the
+    finished AnswerStream. Leaving early (break + aclose, task cancellation, a closed loop) stops the
+    decode before its next token, closes the stream there (stop_reason "cancelled") and, while the
+    loop runs, waits for the thread to end.
+    """
+
+    def __init__(self, start: Callable[[], AnswerStream]):
+        self._start = start
+        self.stream: AnswerStream | None = None
+        self.thread: threading.Thread | None = None
+
+    async def pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def post(item: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                cancel.set()
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                stream = self.stream = self._start()
+                while not cancel.is_set():
+                    piece = next(stream, _DONE)
+                    if piece is _DONE:
+                        break
+                    post((piece,))
+                if cancel.is_set():
+                    stream.close()  # here, in the thread that runs its generator
+            except Exception as e:  # handed to the loop and raised there
+                error = e
+            finally:
+                post((_DONE, error))
+
+        self.thread = threading.Thread(target=work, name="retnet-rag-decode", daemon=True)
+        self.thread.start()
+        done: tuple | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item[0] is _DONE:
+                    done = item
+                    break
+                yield item[0]
+        finally:
+            if done is None:  # left early: stop the decode and wait for the thread's last word
+                cancel.set()
+                while (await queue.get())[0] is not _DONE:
+                    pass
+            self.thread.join()  # after its last word the thread only has to return
+        if done[1] is not None:
+            raise done[1]
 
 
 class _RetNetParams(BaseModel):
@@ -205,8 +282,29 @@ class RetNetLLM(_RetNetParams, LLM):
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield GenerationChunk(text="", generation_info={"stop_reason": stream.stop_reason,
-                                                        "answer_tokens": len(stream.token_ids), **_quotes(stream)})
+        yield GenerationChunk(text="", generation_info=_llm_info(stream))
+
+    # Native async: the decode runs in a worker thread that hands pieces to the event loop.
+    async def _acall(self, prompt: str, stop: list[str] | None = None,
+                     run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
+        answer = _ThreadedAnswer(lambda: self._start(self._turn(prompt), stop, kwargs))
+        async with aclosing(answer.pieces()) as pieces:
+            async for piece in pieces:
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece)
+        return answer.stream.text
+
+    async def _astream(self, prompt: str, stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        answer = _ThreadedAnswer(lambda: self._start(self._turn(prompt), stop, kwargs))
+        async with aclosing(answer.pieces()) as pieces:
+            async for piece in pieces:
+                chunk = GenerationChunk(text=piece)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        yield GenerationChunk(text="", generation_info=_llm_info(answer.stream))
 
 
 class ChatRetNet(_RetNetParams, BaseChatModel):
@@ -276,9 +374,7 @@ class ChatRetNet(_RetNetParams, BaseChatModel):
         for piece in stream:
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece)
-        message = AIMessage(content=stream.text, usage_metadata=_usage(stream),
-                            response_metadata=self._response_metadata(stream))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return self._result(stream)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
@@ -288,9 +384,39 @@ class ChatRetNet(_RetNetParams, BaseChatModel):
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=_usage(stream),
-                                                         response_metadata=self._response_metadata(stream),
-                                                         chunk_position="last"))
+        yield self._last_chunk(stream)
+
+    # Native async: the decode runs in a worker thread that hands pieces to the event loop.
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        answer = _ThreadedAnswer(lambda: self._start(self._turn(messages), stop, kwargs))
+        async with aclosing(answer.pieces()) as pieces:
+            async for piece in pieces:
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece)
+        return self._result(answer.stream)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        answer = _ThreadedAnswer(lambda: self._start(self._turn(messages), stop, kwargs))
+        async with aclosing(answer.pieces()) as pieces:
+            async for piece in pieces:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        yield self._last_chunk(answer.stream)
+
+    def _result(self, stream: AnswerStream) -> ChatResult:
+        message = AIMessage(content=stream.text, usage_metadata=_usage(stream),
+                            response_metadata=self._response_metadata(stream))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _last_chunk(self, stream: AnswerStream) -> ChatGenerationChunk:
+        return ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=_usage(stream),
+                                                          response_metadata=self._response_metadata(stream),
+                                                          chunk_position="last"))
 
     def _response_metadata(self, stream: AnswerStream) -> dict:
         return {"model_name": self.model_name, "stop_reason": stream.stop_reason,
@@ -302,6 +428,11 @@ def _quotes(stream: AnswerStream) -> dict:
     if stream.grounding is None:
         return {}
     return {"quotes": [q.to_dict() for q in stream.quotes], "refused": stream.refused}
+
+
+def _llm_info(stream: AnswerStream) -> dict:
+    """The LLM's last chunk's generation_info."""
+    return {"stop_reason": stream.stop_reason, "answer_tokens": len(stream.token_ids), **_quotes(stream)}
 
 
 def _usage(stream: AnswerStream) -> dict:

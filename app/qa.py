@@ -2,7 +2,9 @@
 
     from app import MultiDocQA
     qa = MultiDocQA("manuals")                 # open or create; default model and embedder
-    qa.add(["manual.pdf", "docs/"])            # -> retrieval.IngestReport
+    qa.add(["manual.pdf", "docs/"])            # -> retrieval.IngestReport; an edited file replaces its old version
+    qa.update(["docs/"])                       # also drops the documents of files deleted from docs/
+    qa.remove(["manual.pdf"])                  # by path (file or folder) or document id
     a = qa.ask("How do I reset the device?")   # one-shot: a fresh state per question
     print(a.text); print(a.sources[0].cite())
     for piece in qa.stream("..."): print(piece, end="")
@@ -54,21 +56,38 @@ class MultiDocQA:
                  options: AnswerOptions | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
                  cache_snapshots: str = "start", device=None, threads: int | None = None, **overrides):
         self.options = options = AnswerOptions.build(options, **overrides)
+        loads_model = model is None or isinstance(model, (str, os.PathLike))
+        # The embedder loads in the background while the reader does: open the collection first, unless
+        # the model directory is plainly missing (then load_model's error comes before any collection exists).
+        early = loads_model and _has_config(model)
+        if early:
+            self.collection = self._open_collection(collection, data_dir, embedder, create)
+        try:
+            self.reader = self._reader(model, tokenizer, options, cache, cache_snapshots, device, threads)
+        except BaseException:
+            if early and isinstance(collection, (str, os.PathLike)):
+                self.collection.close()
+            raise
+        if not early:
+            self.collection = self._open_collection(collection, data_dir, embedder, create)
+        self._owns_collection = isinstance(collection, str)
+
+    @staticmethod
+    def _reader(model, tokenizer, options, cache, cache_snapshots, device, threads) -> Reader:
         if isinstance(model, Reader):
-            self.reader = model
+            reader = model
         elif model is None or isinstance(model, (str, os.PathLike)):
             m, tok = load_model(model, device)
             if threads is None and not os.environ.get("OMP_NUM_THREADS"):
                 threads = 0
-            self.reader = Reader(m, tokenizer or tok, options, cache=cache, cache_snapshots=cache_snapshots)
+            reader = Reader(m, tokenizer or tok, options, cache=cache, cache_snapshots=cache_snapshots)
         else:
             if tokenizer is None:
                 raise ValueError("a model object needs its tokenizer: MultiDocQA(model=model, tokenizer=tokenizer)")
-            self.reader = Reader(model, tokenizer, options, cache=cache, cache_snapshots=cache_snapshots)
+            reader = Reader(model, tokenizer, options, cache=cache, cache_snapshots=cache_snapshots)
         if threads is not None:
-            configure_threads(threads, self.reader.model)
-        self.collection = self._open_collection(collection, data_dir, embedder, create)
-        self._owns_collection = isinstance(collection, str)
+            configure_threads(threads, reader.model)
+        return reader
 
     # Passages per turn and re-ranking can be changed on an open MultiDocQA.
     @property
@@ -95,9 +114,14 @@ class MultiDocQA:
 
         name = str(collection)
         if create:
-            return Collection.open_or_create(name, data_dir, embedder=embedder)
-        require_collection(name, data_dir)
-        return Collection.open(name, data_dir, embedder=embedder)
+            col = Collection.open_or_create(name, data_dir, embedder=embedder)
+        else:
+            require_collection(name, data_dir)
+            col = Collection.open(name, data_dir, embedder=embedder)
+        preload = getattr(col.embedder, "preload", None)
+        if preload is not None:  # e.g. MiniLM: loaded in a thread while the reader loads or the first question is read
+            preload()
+        return col
 
     # -- documents -------------------------------------------------------------------------------
     def _need_collection(self):
@@ -105,9 +129,23 @@ class MultiDocQA:
             raise CollectionNotFoundError("this MultiDocQA has no collection; pass collection=NAME")
         return self.collection
 
-    def add(self, paths: Any, progress: bool | None = None):
-        """Ingest files and folders into the collection; returns a retrieval.IngestReport."""
-        return self._need_collection().add(paths, progress=progress)
+    def add(self, paths: Any, progress: bool | None = None, follow_symlinks: bool = False):
+        """Ingest files and folders into the collection; returns a retrieval.IngestReport. A file already
+        here with other content (edited) replaces its old version; an unchanged one is skipped. Symbolic
+        links inside folders are skipped unless ``follow_symlinks`` (then followed to files inside the
+        folder only)."""
+        return self._need_collection().add(paths, progress=progress, follow_symlinks=follow_symlinks)
+
+    def update(self, paths: Any, progress: bool | None = None, follow_symlinks: bool = False):
+        """Like ``add``, and also remove the documents of files under ``paths`` that no longer exist
+        (they are listed as "removed" in the returned retrieval.IngestReport)."""
+        return self._need_collection().update(paths, progress=progress, follow_symlinks=follow_symlinks)
+
+    def remove(self, paths_or_ids: Any) -> list:
+        """Remove documents by id or by path (a file, or a folder: every document from under it), in one
+        transaction; returns their retrieval.DocumentInfo. If any name matches no document, nothing is
+        removed (retrieval.CollectionError)."""
+        return self._need_collection().remove_documents(paths_or_ids)
 
     def documents(self) -> list:
         return self._need_collection().documents()
@@ -163,6 +201,13 @@ class MultiDocQA:
     def __repr__(self) -> str:
         name = getattr(self.collection, "name", None)
         return f"MultiDocQA(collection={name!r}, layout={self.reader.layout!r}, k={self.k})"
+
+
+def _has_config(model: str | os.PathLike | None) -> bool:
+    from .defaults import default_model_dir
+
+    path = Path(model).expanduser() if model is not None else default_model_dir()
+    return (path / "config.json").is_file()
 
 
 def require_collection(name: str, data_dir: str | os.PathLike | None = None, create_hint: str = "") -> None:

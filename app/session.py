@@ -11,38 +11,29 @@ The state's size depends only on the model, never on how long the conversation
 is. The transcript (questions, answers, sources) is kept for people and for the
 session file; the model never rereads it.
 
-A session file is one safetensors file: the state's tensors, the state header
-that ``retnet.RetentionState.load`` reads (so the file is also a valid state
-file), the transcript as JSON, and a SHA-256 checksum over all of it. It is
-written to a temporary file and renamed over the target, so a failed save
-leaves the previous file intact, and loading refuses a truncated or corrupted
-file, or one written by a different model, with a clear error.
+A session file (app.session_file) is one safetensors file: the state, the
+transcript as JSON and a SHA-256 corruption check (not a seal against editing).
+It is written to a temporary file and renamed over the target, so a failed save
+leaves the previous file intact. Loading is all or nothing: the whole file is
+parsed and validated against the model before anything in the session changes;
+a truncated, corrupted, malformed or other model's file is a SessionFileError.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-from retnet import RetentionState, StateMismatchError
-from retnet.io import atomic_write
+from retnet import RetentionState
 
 from .decoder import AnswerStream
 from .defaults import DEFAULT_K
-from .errors import SessionFileError, SessionModelMismatchError
 from .retrieve import conversation_query
+from .session_file import SavedSession, read_session_file, write_session_file
 from .types import Answer, Source, Timings, Usage
-
-SESSION_FORMAT = "retnet-rag-session"
-SESSION_FORMAT_VERSION = 1
 
 Retriever = Callable[[str, int, Any], Sequence[Any]]  # (search text, k, documents) -> SearchHits, best first
 
@@ -163,79 +154,26 @@ class Session:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write state + transcript to one file, atomically (temp file + rename)."""
-        path = Path(path).expanduser()
+        """Write state + transcript to one file, atomically (temp file + rename). A failure (a folder in
+        the way, no permission, a full disk) raises SessionFileError and keeps the previous file."""
         with self._lock:
             self._settle()
-            tensors, header = self.state.file_tensors(), self.state.file_header()
-            session = json.dumps({
-                "format": SESSION_FORMAT, "format_version": SESSION_FORMAT_VERSION, "key": self.key.hex(),
-                "k": self.k, "layout": self.layout, "instructions": self.instructions, "name": self.name,
-                "documents": _jsonable_documents(self.documents), "saved_at": time.time(),
-                "turns": [t.to_dict() for t in self.turns]})
-            metadata = {"header": json.dumps(header), "session": session,
-                        "checksum": _checksum(session, tensors)}
-            atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-        return path
+            settings = {"k": self.k, "layout": self.layout, "instructions": self.instructions,
+                        "documents": _jsonable_documents(self.documents)}
+            return write_session_file(path, SavedSession(self.state, self.key, list(self.turns), self.name, settings))
 
     def load(self, path: str | Path) -> Session:
-        """Replace this session's state and transcript with a saved one. On any error (missing,
-        truncated, corrupted, another model's file) this session is left exactly as it was.
+        """Replace this session's state and transcript with a saved one, all or nothing: the whole file is
+        read and checked first (see app.session_file), so on any error (missing, truncated, corrupted,
+        malformed, another model's file: SessionFileError) this session is left exactly as it was.
         Settings (k, layout, documents) stay those this session was opened with."""
-        state, data = read_session_file(path, self.reader.model)
+        saved = read_session_file(path, self.reader.model)
+        state = saved.state.to(self.reader.device)
         with self._lock:
             self._settle()
-            self.state = state.to(self.reader.device)
-            self.key = bytes.fromhex(data["key"])
-            self.turns = [Answer.from_dict(t) for t in data.get("turns", [])]
-            self.name = data.get("name", self.name)
+            self.state, self.key, self.turns = state, saved.key, saved.turns
+            self.name = saved.name if saved.name is not None else self.name
         return self
-
-
-def read_session_file(path: str | Path, model) -> tuple[RetentionState, dict]:
-    """The state and the session JSON of a session file, checked end to end."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise SessionFileError(f"no session file at {path}")
-    if not path.is_file():
-        raise SessionFileError(f"{path} is not a file")
-    try:
-        state = RetentionState.load(path)
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except StateMismatchError as e:
-        raise SessionFileError(f"cannot read session file {path}: it is truncated, corrupted or not a session file "
-                               f"({e})") from None
-    except Exception as e:  # any reader failure on a damaged file is the same story for the user
-        raise SessionFileError(f"cannot read session file {path}: it is truncated or corrupted "
-                               f"({type(e).__name__}: {e})") from None
-    if "session" not in meta:
-        raise SessionFileError(f"{path} is a bare state file, not a session file (no transcript)")
-    if meta.get("checksum") != _checksum(meta["session"], tensors):
-        raise SessionFileError(f"session file {path} is corrupted (checksum mismatch)")
-    try:
-        data = json.loads(meta["session"])
-    except json.JSONDecodeError as e:
-        raise SessionFileError(f"session file {path} is corrupted (bad transcript JSON: {e})") from None
-    if data.get("format") != SESSION_FORMAT or data.get("format_version") != SESSION_FORMAT_VERSION:
-        raise SessionFileError(f"{path} has session format {data.get('format')!r} version "
-                               f"{data.get('format_version')!r}; this code reads {SESSION_FORMAT!r} version "
-                               f"{SESSION_FORMAT_VERSION}")
-    try:
-        state.check_compatible(model, source=f"session file {path}")
-    except StateMismatchError as e:
-        raise SessionModelMismatchError(f"{e}; load it with the model that saved it") from None
-    return state, data
-
-
-def _checksum(session_json: str, tensors: dict) -> str:
-    h = hashlib.sha256(session_json.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _jsonable_documents(documents: Any) -> Any:

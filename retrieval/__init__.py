@@ -16,8 +16,9 @@ from .embedder import (
     default_model_path,
     embedder_from_name,
 )
-from .errors import CollectionError, LoadError, RetrievalError
+from .errors import CollectionBusyError, CollectionError, LoadError, RetrievalError
 from .index import INDEX_KINDS, IVF_MIN_VECTORS
+from .limits import LoadLimits
 from .loaders import DEFAULT_MAX_FILE_BYTES, KINDS, content_id, file_kind, iter_files, load_document
 from .report import FileResult, IngestReport
 from .splitter import DEFAULT_MAX_TOKENS, Splitter, split_document
@@ -26,6 +27,7 @@ from .types import Document, DocumentInfo, Page, Passage, SearchHit
 
 __all__ = [
     "Collection",
+    "CollectionBusyError",
     "CollectionError",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_TOKENS",
@@ -40,6 +42,7 @@ __all__ = [
     "IngestReport",
     "KINDS",
     "LoadError",
+    "LoadLimits",
     "Page",
     "Passage",
     "RetrievalError",

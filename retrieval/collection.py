@@ -9,15 +9,22 @@ On disk, ``<data_dir>/<name>/`` holds:
   temporary file, fsynced and renamed into place.
 - ``lock``: flock'ed by the one process allowed to write at a time.
 
+A collection holds one version of each file. Adding a file whose path is already here with
+other bytes (an edited file) replaces the old version: the store deletes it in the same
+transaction that inserts the new one (store.py), and the index then adds the new passage ids
+and removes the old ones. ``update`` also removes the documents of files that are gone;
+``remove_documents`` deletes documents named by id or path in one transaction.
+
 Why this survives ``kill -9`` at any moment: SQLite commits are atomic, so the store
-always holds whole documents with all their passages and vectors. The index file is
+always holds whole documents with all their passages and vectors, and either the old or
+the new version of a replaced file, never both or neither. The index file is
 only trusted when its name carries the store's current generation; a crash between a
 commit and the next index save leaves an older file, which ``open`` notices and
 replaces by rebuilding from the stored vectors. A half-written index is a ``*.tmp``
 file, never a real one, and is deleted on the next open. So after any crash, reopening
 gives an index holding exactly the passages of the store.
 
-The index is saved at the end of each ``add``/``delete`` (and every
+The index is saved at the end of each ``add``/``update``/``delete`` (and every
 ``checkpoint_seconds`` during a long ``add``, so a crash costs a smaller rebuild),
 not after every batch: rewriting a large index file per batch would dominate ingest.
 """
@@ -40,10 +47,11 @@ from .embedder import Embedder, SentenceTransformerEmbedder, embedder_from_name
 from .errors import CollectionError
 from .index import INDEX_KINDS, VectorIndex, remove_temp_files
 from .ingest import IngestBatch, fail, prepare_file, show_progress
-from .loaders import DEFAULT_MAX_FILE_BYTES, iter_files
+from .limits import LoadLimits
+from .loaders import iter_files
 from .locking import exclusive_lock
 from .names import collection_dir, default_data_dir, is_valid_name, validate_name
-from .report import ADDED, DUPLICATE, FileResult, IngestReport
+from .report import ADDED, DUPLICATE, REMOVED, FileResult, IngestReport
 from .splitter import Splitter
 from .store import Store
 from .types import Document, DocumentInfo, Passage, SearchHit
@@ -68,7 +76,7 @@ class Collection:
         embedder: Embedder,
         splitter: Splitter,
         *,
-        max_file_bytes: int | None,
+        limits: LoadLimits,
         progress: bool | None,
         batch_passages: int,
         checkpoint_seconds: float,
@@ -79,7 +87,7 @@ class Collection:
         self.store = store
         self.embedder = embedder
         self.splitter = splitter
-        self.max_file_bytes = max_file_bytes
+        self.limits = limits
         self.progress = progress
         self.batch_passages = batch_passages
         self.checkpoint_seconds = checkpoint_seconds
@@ -89,6 +97,7 @@ class Collection:
         self._mutex = threading.RLock()
         self._generation = -1  # generation the in-memory index reflects
         self._saved_generation = -1
+        self._index_behind = False  # an HNSW index that still holds removed passages (rebuilt before use)
         self.index = VectorIndex(self.index_kind, self.dim)
         with self._mutex:
             self._sync_index()
@@ -145,7 +154,7 @@ class Collection:
         *,
         embedder: Embedder | None = None,
         splitter: Splitter | None = None,
-        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+        limits: LoadLimits | None = None,
         progress: bool | None = None,
         batch_passages: int = 256,
         checkpoint_seconds: float = 300.0,
@@ -155,7 +164,10 @@ class Collection:
 
         ``embedder`` defaults to the one the collection was built with (by name).
         ``splitter`` defaults to ``Splitter()`` (about 200 words per passage).
+        ``limits``: what one file may cost to load (bytes, seconds, decompressed bytes; see
+        retrieval.limits); a file over a limit fails on its own.
         ``progress``: show tqdm bars (None: only when stderr is a terminal).
+        ``lock_timeout``: seconds to wait for another process writing the collection (None: forever).
         """
         path = collection_dir(name, data_dir)
         if not (path / _DB).exists():
@@ -180,7 +192,7 @@ class Collection:
                 store,
                 embedder,
                 splitter or Splitter(),
-                max_file_bytes=max_file_bytes,
+                limits=limits or LoadLimits(),
                 progress=progress,
                 batch_passages=batch_passages,
                 checkpoint_seconds=checkpoint_seconds,
@@ -316,20 +328,28 @@ class Collection:
 
     # -- writing ----------------------------------------------------------------------
     def add(
-        self, paths: str | os.PathLike | Iterable[str | os.PathLike], *, progress: bool | None = None
+        self, paths: str | os.PathLike | Iterable[str | os.PathLike], *, progress: bool | None = None,
+        follow_symlinks: bool = False,
     ) -> IngestReport:
         """Ingest files and folders (recursively). Bad files are reported, never raised.
 
         Duplicates (same bytes as a document already here or earlier in the batch) are
         skipped and listed. Returns an IngestReport with one FileResult per file.
+
+        Each file loads within ``self.limits``; one that fails, goes over a budget or times out
+        costs itself only, and the files loaded before and after it are stored. Ctrl-C stores
+        the files already loaded, then stops. Symbolic links inside folders are skipped unless
+        ``follow_symlinks``, and even then only followed to files inside the folder given.
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        paths = list(paths)
+        named = {Path(p) for p in paths}
         report = IngestReport()
         started = time.perf_counter()
         with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
             self._refresh()
-            files = list(iter_files(paths))
+            files = list(iter_files(paths, follow_symlinks))
             show = self.progress if progress is None else progress
             bar = tqdm(total=len(files), unit="file", desc=f"ingest {self.name}",
                        disable=not show_progress(show, len(files)))
@@ -339,7 +359,7 @@ class Collection:
             try:
                 for path, skip_reason in files:
                     result, doc, passages = prepare_file(path, skip_reason, seen, self.store, self.splitter,
-                                                         self.max_file_bytes)
+                                                         self.limits, follow_symlinks or path in named)
                     report.results.append(result)
                     if doc is not None:
                         batch.add(result, doc, passages)
@@ -350,12 +370,42 @@ class Collection:
                             last_save = time.monotonic()
                     bar.update(1)
                 self._commit(batch, bar)
+                self._settle_duplicates(report, seen)
+            except KeyboardInterrupt:
+                logger.warning("interrupted: storing the %d file(s) loaded so far", len(batch.items))
+                self._commit(batch, None)
+                raise
             finally:
                 bar.close()
                 self._save_index()
         report.seconds = time.perf_counter() - started
         logger.info("collection %s: %s", self.name, report.summary().splitlines()[0])
         return report
+
+    def _settle_duplicates(self, report: IngestReport, seen: dict[str, str]) -> None:
+        """Keep one version per file after an add. A file skipped as a duplicate of a document that this
+        add went on to replace (two copies of a file, one edited) is read again, or its bytes would be
+        lost; and the old version of a file whose new bytes duplicate another file is deleted."""
+        again = IngestBatch()
+        stale: dict[str, FileResult] = {}
+        for i, result in enumerate(report.results):
+            if result.status != DUPLICATE:
+                continue
+            if self.store.document(result.doc_id) is None:
+                result, doc, passages = prepare_file(Path(result.path), None, seen, self.store, self.splitter,
+                                                     self.limits)
+                report.results[i] = result
+                if doc is not None:
+                    again.add(result, doc, passages)
+            elif not result.unchanged:
+                for old in self.store.documents_at(result.path):
+                    if old.id != result.doc_id:
+                        stale[old.id] = result
+        self._commit(again, None)
+        if stale:
+            self._delete(list(stale))
+            for doc_id, result in stale.items():
+                result.replaced.append(doc_id)
 
     def add_documents(self, docs: Iterable[Document]) -> IngestReport:
         """Ingest already-loaded Documents (e.g. text that never was a file)."""
@@ -391,15 +441,76 @@ class Collection:
             self._refresh()
             if self.store.document(doc_id) is None:
                 return False
-            generation, ids = self.store.delete_document(doc_id)
-            if not self.index.remove(ids):
-                self._rebuild()
-            self._generation = generation
-            if self.index.wants_rebuild():
-                self._rebuild()
+            self._delete([doc_id])
             self._save_index()
-        logger.info("collection %s: deleted document %s (%d passages)", self.name, doc_id, len(ids))
         return True
+
+    def find_documents(self, ref: str | os.PathLike) -> list[DocumentInfo]:
+        """The documents ``ref`` names: the one with that id, else those loaded from that file or from
+        files under that folder (by resolved or recorded path; the files need not exist any more)."""
+        with self._mutex:
+            doc = self.store.document(str(ref)) if isinstance(ref, str) else None
+            return [doc] if doc is not None else self.store.documents_at(ref)
+
+    def remove_documents(self, refs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[DocumentInfo]:
+        """Remove the documents named by ids or paths (see ``find_documents``) in one transaction;
+        returns them. If any ref names no document, nothing is removed: CollectionError lists them."""
+        refs = [refs] if isinstance(refs, (str, os.PathLike)) else list(refs)
+        with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
+            self._refresh()
+            found: dict[str, DocumentInfo] = {}
+            unknown = []
+            for ref in refs:
+                docs = self.find_documents(ref)
+                unknown += [] if docs else [str(ref)]
+                found.update((d.id, d) for d in docs)
+            if unknown:
+                raise CollectionError(f"no document with id or path {', '.join(map(repr, unknown))} in collection "
+                                      f"{self.name!r}; nothing was removed")
+            if found:
+                self._delete(list(found))
+                self._save_index()
+        return list(found.values())
+
+    def update(self, paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+               progress: bool | None = None, follow_symlinks: bool = False) -> IngestReport:
+        """Bring the collection in step with files and folders: new files are added, changed ones
+        replace their old version (as ``add`` does), unchanged ones are skipped, and the documents of
+        files under ``paths`` that no longer exist are removed (listed as "removed" in the report).
+
+        A path that does not exist is accepted when documents came from it (they are removed);
+        otherwise CollectionError, before anything changes."""
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        with self._mutex:
+            gone: dict[str, DocumentInfo] = {}
+            for path in paths:
+                docs = self.store.documents_at(path)
+                if not docs and not os.path.exists(path):
+                    raise CollectionError(f"no such file or folder, and no document from it in collection "
+                                          f"{self.name!r}: {path}")
+                gone.update((d.id, d) for d in docs if not os.path.isfile(d.source))
+            removed = self._remove_if_present(list(gone)) if gone else []
+            report = self.add([p for p in paths if os.path.exists(p)], progress=progress,
+                              follow_symlinks=follow_symlinks)
+        for doc in removed:
+            report.results.append(FileResult(doc.source, REMOVED, doc.id, doc.title, doc.passages,
+                                             error="the file is gone"))
+        return report
+
+    def _remove_if_present(self, doc_ids: list[str]) -> list[DocumentInfo]:
+        with self._mutex, exclusive_lock(self.path / "lock", self.lock_timeout):
+            self._refresh()
+            docs = [d for d in map(self.store.document, doc_ids) if d is not None]
+            if docs:
+                self._delete([d.id for d in docs])
+                self._save_index()
+        return docs
+
+    def _delete(self, doc_ids: list[str]) -> None:
+        """Delete documents from the store (one transaction), then from the index."""
+        generation, ids = self.store.delete_documents(doc_ids)
+        self._apply(generation, removed=ids)
+        logger.info("collection %s: deleted %d document(s) (%d passages)", self.name, len(doc_ids), len(ids))
 
     # -- ingest steps (loading and splitting files: retrieval.ingest) ---------------------
     def _commit(self, batch: IngestBatch, bar) -> None:
@@ -426,20 +537,15 @@ class Collection:
                 return
         batch.clear()
         try:
-            generation, ids = self.store.add_documents(ready)
+            change = self.store.add_documents(ready)
         except Exception as exc:
             for result in results:
                 fail(result, f"could not store: {type(exc).__name__}: {exc}")
             return
-        try:
-            for (_, _, vecs), doc_ids in zip(ready, ids, strict=True):
-                self.index.add(doc_ids, vecs)
-            self._generation = generation
-            if self.index.wants_rebuild():
-                self._rebuild()
-        except Exception:
-            logger.exception("index update failed; rebuilding from the store")
-            self._rebuild()
+        for result in results:
+            result.replaced = change.replaced.get(result.doc_id, [])
+        self._apply(change.generation, [(ids, vecs) for (_, _, vecs), ids in zip(ready, change.added, strict=True)],
+                    change.removed)
 
     def _encode(self, texts: Sequence[str], bar=None) -> np.ndarray:
         step = max(1, self.batch_passages)
@@ -454,8 +560,26 @@ class Collection:
         return vectors
 
     # -- keeping the index in step with the store -------------------------------------
+    def _apply(self, generation: int, added: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+               removed: np.ndarray | None = None) -> None:
+        """Bring the in-memory index to ``generation`` after a store commit: add the new (ids, vectors),
+        then remove the deleted ids (an index that cannot is rebuilt before its next use)."""
+        try:
+            for ids, vecs in added:
+                self.index.add(ids, vecs)
+            if removed is not None and len(removed) and not self.index.remove(removed):
+                self._index_behind = True  # HNSW: one rebuild at the end of the add, not one per batch
+            self._generation = generation
+            if self.index.wants_rebuild():
+                self._rebuild()
+        except Exception:
+            logger.exception("index update failed; rebuilding from the store")
+            self._rebuild()
+
     def _refresh(self) -> None:
         """Pick up changes another process made since we last looked."""
+        if self._index_behind:
+            self._rebuild()
         if self.store.generation != self._generation:
             self._sync_index()
 
@@ -486,8 +610,11 @@ class Collection:
                 self.index_kind, self.dim, lambda: self.store.iter_vectors(self.dim), total
             )
         self._generation = generation
+        self._index_behind = False
 
     def _save_index(self) -> None:
+        if self._index_behind:
+            self._rebuild()
         if self._generation != self._saved_generation:
             self.index.save(self.path, self._generation)
             self._saved_generation = self._generation

@@ -11,3 +11,7 @@ class LoadError(RetrievalError):
 
 class CollectionError(RetrievalError):
     """A collection cannot be opened or used as asked (bad name, wrong embedder, locked...)."""
+
+
+class CollectionBusyError(CollectionError):
+    """Another process kept the collection's write lock for longer than we were willing to wait."""

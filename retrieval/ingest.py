@@ -1,5 +1,9 @@
 """Ingest steps before anything is stored: load and split one file, and hold a batch of loaded
-documents until the collection embeds and stores them together (retrieval.collection)."""
+documents until the collection embeds and stores them together (retrieval.collection).
+
+A file is read here (a regular file only, within ``max_file_bytes``), checked for duplicates,
+then extracted within its time and decompression budgets (retrieval.sandbox) and split. Every
+problem, a budget included, becomes that file's error; the batch goes on without it."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import sys
 from pathlib import Path
 
 from .errors import LoadError
-from .loaders import content_id, load_document, read_bytes
+from .limits import LoadLimits
+from .loaders import content_id, read_bytes
 from .report import ADDED, DUPLICATE, FAILED, SKIPPED, FileResult
+from .sandbox import load_limited
 from .splitter import Splitter
 from .types import Document, Passage
 
@@ -17,21 +23,24 @@ logger = logging.getLogger("retrieval.collection")
 
 
 def prepare_file(path: Path, skip_reason: str | None, seen: dict[str, str], store, splitter: Splitter,
-             max_file_bytes: int) -> tuple[FileResult, Document | None, list[Passage]]:
-    """Load and split one file; any problem becomes the FileResult's error."""
+                 limits: LoadLimits, follow_symlinks: bool = True) -> tuple[FileResult, Document | None, list[Passage]]:
+    """Load and split one file; any problem becomes the FileResult's error.
+
+    ``follow_symlinks=False`` for files found inside folders when links are not followed: a
+    file swapped for a link after the folder was listed is then refused, not read."""
     result = FileResult(str(path), FAILED)
     if skip_reason is not None:
         result.status, result.error = SKIPPED, skip_reason
         return result, None, []
     try:
-        data = read_bytes(path, max_file_bytes)
+        data = read_bytes(path, limits.max_file_bytes, follow_symlinks)
         doc_id = content_id(data)
         existing = store.document(doc_id)
         duplicate_of = existing.source if existing else seen.get(doc_id)
         if duplicate_of is not None:
             result.status, result.doc_id, result.duplicate_of = DUPLICATE, doc_id, duplicate_of
             return result, None, []
-        doc = load_document(path, data)
+        doc = load_limited(path, data, limits)
         del data
         passages = splitter.split(doc)
         if not passages:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CollectionError
+from .errors import CollectionBusyError
 
 try:
     import fcntl
@@ -35,8 +35,8 @@ def exclusive_lock(path: Path, timeout: float | None = 60.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise CollectionError(
-                        f"collection is busy: another process holds {path} (waited {timeout:.0f} s)"
+                    raise CollectionBusyError(
+                        f"collection is busy: another process holds {path} (waited {timeout:g} s)"
                     ) from None
                 time.sleep(0.05)
         try:

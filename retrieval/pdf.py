@@ -6,18 +6,26 @@ import io
 import logging
 
 from .errors import LoadError
+from .pdf_budget import DecompressionBudget, decompression_budget
 
 logger = logging.getLogger(__name__)
 
 
-def extract_pdf(data: bytes) -> tuple[list[str], str | None, list[str]]:
+def extract_pdf(data: bytes, max_decompressed_bytes: int | None = None) -> tuple[list[str], str | None, list[str]]:
     """Return (text of each page, metadata title or None, warnings).
 
-    Raises LoadError for a corrupt PDF, a PDF that needs a password, or one without
-    any extractable text (typically scanned pages, which need OCR first).
+    Raises LoadError for a corrupt PDF, a PDF that needs a password, one whose streams
+    inflate past ``max_decompressed_bytes`` (summed over the document; see
+    retrieval.pdf_budget), or one without any extractable text (typically scanned pages,
+    which need OCR first).
     """
+    with decompression_budget(max_decompressed_bytes) as budget:
+        return _extract(data, budget)
+
+
+def _extract(data: bytes, budget: DecompressionBudget) -> tuple[list[str], str | None, list[str]]:
     from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -26,6 +34,8 @@ def extract_pdf(data: bytes) -> tuple[list[str], str | None, list[str]]:
         pages = list(reader.pages)
     except LoadError:
         raise
+    except (LimitReachedError, MemoryError) as exc:
+        raise budget.error(exc) from None
     except FileNotDecryptedError:
         raise LoadError("encrypted PDF: a password is required to read it") from None
     except DependencyError as exc:
@@ -40,15 +50,25 @@ def extract_pdf(data: bytes) -> tuple[list[str], str | None, list[str]]:
     texts: list[str] = []
     warnings: list[str] = []
     blank: list[int] = []
+    failed: list[int] = []
     for number, page in enumerate(pages, start=1):
+        budget.page = number
         try:
             text = page.extract_text() or ""
+            budget.check()  # in case the library caught the budget's error on its way out
+        except (LoadError, LimitReachedError, MemoryError) as exc:  # a budget: the document stops here
+            raise budget.error(exc) from None
         except Exception as exc:  # one broken page must not lose the whole document
             warnings.append(f"page {number}: text extraction failed ({_short(exc)})")
+            failed.append(number)
             text = ""
         if not text.strip():
             blank.append(number)
         texts.append(text)
+    budget.page = None
+    if failed and len(blank) == len(pages):
+        raise LoadError(f"no text could be extracted: {warnings[0]}"
+                        + (f" (and on page(s) {_ranges(failed[1:])})" if len(failed) > 1 else ""))
     if len(blank) == len(pages):
         raise LoadError(
             f"no extractable text in {len(pages)} page(s): scanned or image-only PDF? (run OCR first)"

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 ADDED, DUPLICATE, FAILED, SKIPPED = "added", "duplicate", "failed", "skipped"
+REMOVED = "removed"  # by Collection.update: the document of a file that is gone
 MAX_SKIPPED_LISTED = 20  # skipped files named in a summary; the rest are counted
 
 
 @dataclass
 class FileResult:
     path: str
-    status: str  # "added", "duplicate", "failed" or "skipped"
+    status: str  # "added", "duplicate", "failed", "skipped" or "removed"
     doc_id: str | None = None
     title: str | None = None
     passages: int = 0
     error: str | None = None  # why it failed or was skipped, in words for a person
     duplicate_of: str | None = None  # source path of the document already holding these bytes
     warnings: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # ids of older versions of this file, now deleted
+
+    @property
+    def unchanged(self) -> bool:
+        """A duplicate of the version of this very file that is already stored."""
+        return (self.status == DUPLICATE and self.duplicate_of is not None
+                and os.path.realpath(self.path) == os.path.realpath(self.duplicate_of))
 
     def __str__(self) -> str:
         if self.status == ADDED:
             extra = f" ({'; '.join(self.warnings)})" if self.warnings else ""
-            return f"added     {self.path}: {self.passages} passages{extra}"
+            verb = "replaced " if self.replaced else "added    "
+            return f"{verb} {self.path}: {self.passages} passages{extra}"
+        if self.unchanged:
+            return f"unchanged {self.path}"
         if self.status == DUPLICATE:
             return f"duplicate {self.path}: same content as {self.duplicate_of}"
+        if self.status == REMOVED:
+            return f"removed   {self.path}: {self.error} ({self.passages} passages)"
         return f"{self.status:<9} {self.path}: {self.error}"
 
 
@@ -53,6 +67,20 @@ class IngestReport:
         return self._with(SKIPPED)
 
     @property
+    def replaced(self) -> list[FileResult]:
+        """Added files that replaced an older version of themselves."""
+        return [r for r in self.added if r.replaced]
+
+    @property
+    def removed(self) -> list[FileResult]:
+        return self._with(REMOVED)
+
+    @property
+    def unchanged(self) -> list[FileResult]:
+        """Duplicates of the very file already stored (a re-ingested file that did not change)."""
+        return [r for r in self.duplicates if r.unchanged]
+
+    @property
     def passages(self) -> int:
         return sum(r.passages for r in self.added)
 
@@ -69,13 +97,21 @@ class IngestReport:
         raise KeyError(path)
 
     def summary(self, max_skipped: int | None = MAX_SKIPPED_LISTED) -> str:
-        """A count line, then one line per failed, duplicate or warned file, then the skipped files with
-        their reason: the first ``max_skipped`` (None: all) and how many more."""
+        """A count line, then one line per failed, duplicate, replaced, removed or warned file, then the
+        skipped files with their reason: the first ``max_skipped`` (None: all) and how many more.
+        Unchanged files (duplicates of themselves) are counted apart from other duplicates, not listed."""
+        replaced, removed, unchanged = len(self.replaced), len(self.removed), len(self.unchanged)
         head = (
-            f"{len(self.added)} added ({self.passages} passages), {len(self.duplicates)} duplicate(s), "
-            f"{len(self.failed)} failed, {len(self.skipped)} skipped in {self.seconds:.1f} s"
+            f"{len(self.added)} added ({self.passages} passages"
+            + (f"; {replaced} replacing older version(s)" if replaced else "")
+            + f"), {len(self.duplicates) - unchanged} duplicate(s), "
+            f"{len(self.failed)} failed, {len(self.skipped)} skipped"
+            + (f", {unchanged} unchanged" if unchanged else "") + (f", {removed} removed" if removed else "")
+            + f" in {self.seconds:.1f} s"
         )
-        lines = [str(r) for r in self.results if r.status in (FAILED, DUPLICATE) or r.warnings]
+        lines = [str(r) for r in self.results
+                 if r.status in (FAILED, REMOVED) or (r.status == DUPLICATE and not r.unchanged) or r.warnings
+                 or r.replaced]
         skipped = self.skipped
         shown = skipped if max_skipped is None else skipped[: max(0, max_skipped)]
         lines += [str(r) for r in shown]

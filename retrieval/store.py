@@ -1,19 +1,26 @@
 """SQLite metadata store of a collection: documents, passages and their vectors.
 
 This is the collection's source of truth. Every change (a batch of documents added,
-a document deleted) is one transaction that also bumps ``generation``; the FAISS
+documents deleted) is one transaction that also bumps ``generation``; the FAISS
 index on disk is a cache named after the generation it reflects (see index.py), and
 can always be rebuilt from the vectors kept here as float32 blobs. The BM25 table
 (``passages_fts``, see lexical.py) is written in the same transactions as the passages.
+
+A collection keeps one version per file: ``documents.path`` is the resolved path of the
+document's source (``source_key``), and adding a document whose path is already held by
+another (an edited file: new bytes, new id) deletes the old one in the same transaction,
+so a reader sees either the old version or the new one, never both or neither.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,7 +40,8 @@ CREATE TABLE IF NOT EXISTS documents (
     passages INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL,
     encoding TEXT,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    path TEXT  -- source_key(source): one version per path; NULL for sources that are no path
 );
 CREATE TABLE IF NOT EXISTS passages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so FAISS ids stay unambiguous
@@ -67,6 +75,7 @@ class Store:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("generation", "0")
         lexical.ensure_fts(self.conn)  # new stores, and stores made before BM25 existed
+        _ensure_path_column(self.conn)  # stores made before documents could be replaced
 
     def close(self) -> None:
         self.conn.close()
@@ -108,23 +117,34 @@ class Store:
         return generation
 
     # -- writes -----------------------------------------------------------------------
-    def add_documents(
-        self, batch: Sequence[tuple[Document, Sequence[Passage], np.ndarray]]
-    ) -> tuple[int, list[np.ndarray]]:
+    def add_documents(self, batch: Sequence[tuple[Document, Sequence[Passage], np.ndarray]]) -> Change:
         """Insert documents with their passages and vectors in one transaction.
 
-        Returns the new generation and, per document, the passage ids given out.
+        A stored document with the same path (``source_key``) and another id is an older version
+        of the same file: it is deleted in the same transaction. Returns the new generation, per
+        document the passage ids given out, the passage ids deleted, and per document the ids of
+        the versions it replaced.
         """
         ids_per_doc: list[np.ndarray] = []
+        removed: list[np.ndarray] = []
+        replaced: dict[str, list[str]] = {}
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'passages'").fetchone()
             next_id = (row[0] if row else 0) + 1
             for doc, passages, vectors in batch:
+                key = source_key(doc.source)
+                if key is not None:
+                    old = [r[0] for r in conn.execute("SELECT id FROM documents WHERE path = ? AND id != ?",
+                                                      (key, doc.id))]
+                    if old:
+                        removed.append(self._delete(conn, old))
+                        replaced[doc.id] = old
                 conn.execute(
-                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO documents (id, title, source, kind, pages, passages, size_bytes, encoding, added_at,"
+                    " path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (doc.id, doc.title, doc.source, doc.kind, len(doc.pages), len(passages),
-                     doc.size_bytes, doc.encoding, now),
+                     doc.size_bytes, doc.encoding, now, key),
                 )
                 ids = np.arange(next_id, next_id + len(passages), dtype=np.int64)
                 next_id += len(passages)
@@ -142,18 +162,29 @@ class Store:
                 lexical.add_rows(conn, ids, [p.text for p in passages], doc.title)
                 ids_per_doc.append(ids)
             generation = self._bump_generation()
-        return generation, ids_per_doc
+        return Change(generation, ids_per_doc, _concat(removed), replaced)
+
+    def delete_documents(self, doc_ids: Iterable[str]) -> tuple[int, np.ndarray]:
+        """Delete documents (unknown ids are ignored) in one transaction; returns the new generation
+        and the passage ids removed."""
+        with self.transaction() as conn:
+            ids = self._delete(conn, list(doc_ids))
+            generation = self._bump_generation()
+        return generation, ids
 
     def delete_document(self, doc_id: str) -> tuple[int, np.ndarray]:
         """Delete a document; returns the new generation and the passage ids removed."""
-        with self.transaction() as conn:
-            ids = self._passage_ids(conn, [doc_id])
+        return self.delete_documents([doc_id])
+
+    def _delete(self, conn: sqlite3.Connection, doc_ids: list[str]) -> np.ndarray:
+        """Delete documents with their passages, vectors and BM25 rows (inside the caller's transaction)."""
+        ids = self._passage_ids(conn, doc_ids)
+        for doc_id in doc_ids:
             lexical.delete_document_rows(conn, doc_id)
             conn.execute("DELETE FROM vectors WHERE id IN (SELECT id FROM passages WHERE doc_id = ?)", (doc_id,))
             conn.execute("DELETE FROM passages WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
-            generation = self._bump_generation()
-        return generation, ids
+        return ids
 
     # -- reads ------------------------------------------------------------------------
     def document(self, doc_id: str) -> DocumentInfo | None:
@@ -162,6 +193,18 @@ class Store:
 
     def documents(self) -> list[DocumentInfo]:
         rows = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY added_at, source")
+        return [DocumentInfo(*row) for row in rows]
+
+    def documents_at(self, path: str | os.PathLike) -> list[DocumentInfo]:
+        """Documents loaded from the file ``path``, or from files under the folder ``path``; matched by
+        resolved path and by the source path as recorded (the files need not exist any more)."""
+        key, source = os.path.realpath(path), os.path.abspath(path)
+        # Ranges, not substr(): each term can use its index (documents_by_path, documents_by_source).
+        rows = self.conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM documents WHERE path = ? OR (path >= ? AND path < ?)"
+            " OR source = ? OR (source >= ? AND source < ?) ORDER BY source",
+            (key, *_under(key), source, *_under(source)),
+        )
         return [DocumentInfo(*row) for row in rows]
 
     def passage_count(self) -> int:
@@ -228,6 +271,56 @@ class Store:
 
 
 _DOC_COLUMNS = "id, title, source, kind, pages, passages, size_bytes, added_at"
+
+
+class Change(NamedTuple):
+    """What one ``add_documents`` transaction did."""
+
+    generation: int
+    added: list[np.ndarray]  # per document of the batch, the passage ids given out
+    removed: np.ndarray  # passage ids of the older versions deleted
+    replaced: dict[str, list[str]]  # new document id -> ids of the older versions it replaced
+
+
+def source_key(source: str) -> str | None:
+    """What identifies "the same file" across versions: the resolved absolute path of ``source``.
+    None (never replaced) for a source that is no absolute path, such as a name given to a
+    Document that never was a file."""
+    return os.path.realpath(source) if source and os.path.isabs(source) else None
+
+
+def _under(folder: str) -> tuple[str, str]:
+    """Bounds of the strings that start with ``folder`` + a separator (SQLite compares UTF-8 bytes,
+    which orders as code points do)."""
+    start = folder if folder.endswith(os.sep) else folder + os.sep
+    return start, start[:-1] + chr(ord(start[-1]) + 1)
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _ensure_path_column(conn: sqlite3.Connection) -> None:
+    """Give a store made before ``documents.path`` existed the column, filled from the sources
+    (one IMMEDIATE transaction, so two processes opening it at once migrate it once), and its index."""
+    if not _has_path_column(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not _has_path_column(conn):
+                conn.execute("ALTER TABLE documents ADD COLUMN path TEXT")
+                rows = conn.execute("SELECT id, source FROM documents").fetchall()
+                conn.executemany("UPDATE documents SET path = ? WHERE id = ?",
+                                 ((source_key(source), doc_id) for doc_id, source in rows))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    conn.execute("CREATE INDEX IF NOT EXISTS documents_by_path ON documents (path)")
+    conn.execute("CREATE INDEX IF NOT EXISTS documents_by_source ON documents (source)")
+
+
+def _has_path_column(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "path" for row in conn.execute("PRAGMA table_info(documents)"))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

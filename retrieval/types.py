@@ -24,7 +24,7 @@ class Document:
     id: str  # content hash of the file bytes: the same bytes always get the same id
     source: str  # absolute path the file was loaded from
     title: str
-    kind: str  # "pdf", "text", "markdown" or "html"
+    kind: str  # "pdf", "text", "markdown", "html", "docx", "pptx" or "xlsx"
     text: str
     pages: list[Page]
     size_bytes: int = 0

@@ -197,9 +197,9 @@ class Handlers:
             if user.collection.startswith(f"{SHARED}:") and not shared_ok:
                 return (*self.collection_view(user),
                         render.notice("this collection is shared: tick 'add to shared collections' to change it"))
-            info = qa.collection.document(doc_id)  # MultiDocQA has no remove(): the collection does it
-            if info is None or not qa.collection.delete(doc_id):
+            if qa.collection.document(doc_id) is None:
                 return (*self.collection_view(user), render.notice("that document is no longer in the collection"))
+            info = qa.remove(doc_id)[0]
             source = Path(info.source)
             if source.parent == user.uploads_dir:
                 source.unlink(missing_ok=True)

@@ -13,13 +13,13 @@ def _run(capsys, argv):
 
 
 def test_ingest_names_unsupported_files(capsys, docs_dir, data_dir):
-    (docs_dir / "report.docx").write_bytes(b"PK\x03\x04 not really a docx")
+    (docs_dir / "report.odt").write_bytes(b"PK\x03\x04 not an office format we read")
     (docs_dir / "data.json").write_text('{"a": 1}')
     (docs_dir / "sub").mkdir()
     (docs_dir / "sub" / "table.csv").write_text("a,b\n1,2\n")
     code, out, _ = _run(capsys, ["ingest", docs_dir, "-c", "docs", "--data-dir", data_dir, "--embedder", "hash"])
     assert code == 0 and "3 added" in out and "3 skipped" in out
-    for name, suffix in [("report.docx", ".docx"), ("data.json", ".json"), ("sub/table.csv", ".csv")]:
+    for name, suffix in [("report.odt", ".odt"), ("data.json", ".json"), ("sub/table.csv", ".csv")]:
         assert f"skipped   {docs_dir / name}: unsupported file type '{suffix}'" in out
 
 

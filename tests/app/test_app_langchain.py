@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
+import time
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from langchain_core.documents import Document  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.runnables import RunnablePassthrough  # noqa: E402
-from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
+from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests  # noqa: E402
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from app import prompt as L  # noqa: E402
@@ -47,6 +49,37 @@ class TestChatRetNetStandard(ChatModelUnitTests):
         return {"model_path": _standard_model_dir()}
 
     # bind_tools/with_structured_output exist only to raise a clear NotImplementedError
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+
+class TestChatRetNetIntegration(ChatModelIntegrationTests):
+    """The standard integration suite against the bundled 17M model on the CPU (greedy, short answers)."""
+
+    # the suite's async tests need the mark; its sync tests only warn about it
+    pytestmark = [pytest.mark.asyncio,
+                  pytest.mark.filterwarnings("ignore:.*marked with '@pytest.mark.asyncio' but it is not an async")]
+
+    @property
+    def chat_model_class(self):
+        return ChatRetNet
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"max_tokens": 8}
+
+    # one local model per instance: a per-call ``model`` only labels traces, it does not switch models
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+    # no tool-call format, hence no structured output or JSON mode either; text in, text out (the suite's
+    # image, audio, PDF and Anthropic-input switches are off by default)
     @property
     def has_tool_calling(self) -> bool:
         return False
@@ -248,3 +281,134 @@ def test_tools_and_structured_output_are_refused_clearly(lc_reader):
         chat.get_num_tokens_from_messages([HumanMessage("hi")], tools=[add])
     with pytest.raises(NotImplementedError, match="does not support structured output"):
         chat.with_structured_output({"title": "x", "type": "object", "properties": {}})
+
+
+# -- native async ------------------------------------------------------------------------------------
+
+def _slow_tokens(monkeypatch, ids, delay: float):
+    """scripted_tokens, each token taking ``delay`` seconds; records the threads that decode."""
+    import retnet.generation as G
+
+    calls = scripted_tokens(monkeypatch, ids)
+    fast = G.next_token
+    calls["threads"] = set()
+
+    def slow(*a, **kw):
+        calls["threads"].add(threading.current_thread().name)
+        time.sleep(delay)
+        return fast(*a, **kw)
+
+    monkeypatch.setattr(G, "next_token", slow)
+    return calls
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "retnet-rag-decode"]
+
+
+def test_astream_is_incremental_and_leaves_the_loop_free(lc_reader, special_tok, monkeypatch):
+    text = "one two three four five"
+    script = _slow_tokens(monkeypatch, [*special_tok.encode(text).ids, special_tok.token_to_id(L.END)], 0.015)
+    chat = ChatRetNet(reader=lc_reader, max_tokens=30)
+    handler = Collect()
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        seen = [(chunk.content, ticks) async for chunk in chat.astream("q", config={"callbacks": [handler]})]
+        task.cancel()
+        return seen
+
+    pieces = [(c, n) for c, n in asyncio.run(main()) if c]
+    assert "".join(c for c, _ in pieces) == text == "".join(handler.tokens)
+    assert len(pieces) >= 3
+    assert pieces[-1][1] - pieces[0][1] >= 3  # the loop ran while the model decoded (blocked, it would not)
+    assert script["threads"] == {"retnet-rag-decode"}  # our worker, not LangChain's executor fallback
+    script["n"], script["threads"] = 0, set()
+    out = asyncio.run(chat.ainvoke("q", stop=["three"]))
+    assert out.content == "one two" and out.response_metadata["stop_reason"] == "stop"
+    assert script["threads"] == {"retnet-rag-decode"}
+    script["n"] = 0
+    assert chat.invoke("q", stop=["three"]).content == out.content
+
+
+def test_async_equals_sync_for_greedy_decoding(lc_reader):
+    chat, llm = ChatRetNet(reader=lc_reader, max_tokens=10), RetNetLLM(reader=lc_reader, max_tokens=10)
+    q = "What does rsync -r do?"
+    sync_msg = chat.invoke(q)
+    handler = Collect()
+
+    async def main():
+        msg = await chat.ainvoke(q, config={"callbacks": [handler]})
+        streamed = [c async for c in chat.astream(q)]
+        text = await llm.ainvoke(q)
+        llm_chunks = [c async for c in llm.astream(q)]
+        return msg, streamed, text, llm_chunks
+
+    msg, streamed, text, llm_chunks = asyncio.run(main())
+    assert msg.content == sync_msg.content == "".join(handler.tokens)
+    assert msg.usage_metadata == sync_msg.usage_metadata
+    assert "".join(c.content for c in streamed) == sync_msg.content
+    assert streamed[-1].chunk_position == "last" and streamed[-1].usage_metadata == sync_msg.usage_metadata
+    assert text == "".join(llm_chunks) == llm.invoke(q)
+    assert asyncio.run(chat.abatch([q, q]))[1].content == sync_msg.content
+
+
+def test_async_cancellation_stops_the_decode_thread(lc_reader, special_tok, monkeypatch):
+    ids = special_tok.encode("go on and on and on and on and on and on and on and on").ids
+    script = _slow_tokens(monkeypatch, ids, 0.02)  # no end marker: it would run to max_tokens
+    chat = ChatRetNet(reader=lc_reader, max_tokens=400)
+
+    async def ended() -> bool:
+        deadline = time.monotonic() + 5
+        while _decode_threads() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not _decode_threads()
+
+    async def consume(first: asyncio.Event):
+        async for chunk in chat.astream("q"):
+            if chunk.content:
+                first.set()
+
+    async def main():
+        first = asyncio.Event()
+        task = asyncio.create_task(consume(first))
+        await first.wait()
+        assert _decode_threads()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await ended()
+        n_cancel = script["n"]
+        stream = chat.astream("q")  # leaving a stream early: aclose
+        assert (await anext(stream)) is not None
+        await stream.aclose()
+        assert await ended()
+        # ainvoke cancelled mid-answer
+        script["n"] = 0
+        task = asyncio.create_task(chat.ainvoke("q"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await ended()
+        return n_cancel
+
+    n_cancel = asyncio.run(main())
+    assert n_cancel < 50  # far from the 400 it would have decoded
+    n = script["n"]
+    time.sleep(0.1)
+    assert script["n"] == n < 50  # nothing decodes after the consumer went away
+
+
+def test_async_errors_reach_the_caller(lc_reader):
+    with pytest.raises(ValueError, match="no messages"):
+        asyncio.run(ChatRetNet(reader=lc_reader)._agenerate([]))
+    assert not _decode_threads()

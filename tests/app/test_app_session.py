@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import app.session as session_module
+import app.session_file as session_file
 from app import (
     EmptyQuestionError,
     MultiDocQA,
@@ -149,8 +149,8 @@ def test_failed_save_keeps_the_previous_file(qa, tmp_path, monkeypatch):
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(session_module, "save_file", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(session_file, "save_file", broken_save)
+    with pytest.raises(SessionFileError, match="cannot save the session to .*disk full"):
         s.save(path)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["chat.session"]
     monkeypatch.undo()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import retrieval.ingest as ingest_module
-from retrieval import HashEmbedder
+from retrieval import HashEmbedder, LoadLimits
 
 from .retrieval_testdata import assert_consistent, text_pdf, write
 
@@ -94,21 +94,21 @@ def test_folder_of_thousands_of_small_files(make_collection, tmp_path):
 def test_file_over_size_limit(make_collection, tmp_path):
     write(tmp_path / "s" / "small.txt", "small file")
     write(tmp_path / "s" / "large.txt", "large file " * 500)
-    report = make_collection(max_file_bytes=1000).add(tmp_path / "s")
+    report = make_collection(limits=LoadLimits(max_file_bytes=1000)).add(tmp_path / "s")
     large = report.result(str(tmp_path / "s" / "large.txt"))
     assert large.status == "failed" and large.error.startswith("file too large: ")
     assert report.result(str(tmp_path / "s" / "small.txt")).status == "added"
 
 
 def test_unexpected_loader_error_costs_one_file(make_collection, tmp_path, monkeypatch):
-    real = ingest_module.load_document
+    real = ingest_module.load_limited
 
-    def flaky(path, data=None, max_bytes=None):
+    def flaky(path, data, limits):
         if Path(path).name == "boom.txt":
             raise RuntimeError("loader bug")
-        return real(path, data)
+        return real(path, data, limits)
 
-    monkeypatch.setattr(ingest_module, "load_document", flaky)
+    monkeypatch.setattr(ingest_module, "load_limited", flaky)
     write(tmp_path / "u" / "boom.txt", "x")
     write(tmp_path / "u" / "fine.txt", "y")
     report = make_collection().add(tmp_path / "u")

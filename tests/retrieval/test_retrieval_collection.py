@@ -188,7 +188,8 @@ def test_report_text(make_collection, corpus, tmp_path):
     write(tmp_path / "empty.txt", b"")
     report = col.add([corpus / "animals.txt", tmp_path / "empty.txt", corpus / "animals.txt"])
     summary = report.summary()
-    assert summary.startswith("1 added (1 passages), 1 duplicate(s), 1 failed, 0 skipped")
+    # the same file named twice: the second is "unchanged", not a duplicate of another file
+    assert summary.startswith("1 added (1 passages), 0 duplicate(s), 1 failed, 0 skipped, 1 unchanged in")
     assert f"failed    {tmp_path / 'empty.txt'}: empty file" in summary
     assert report.result(str(tmp_path / "empty.txt")).error == "empty file"
     assert not report.ok

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval import Collection, HashEmbedder
+from retrieval import Collection, HashEmbedder, content_id
 
 from .retrieval_testdata import assert_consistent, on_disk_state, write
 
@@ -165,3 +166,117 @@ def test_second_writer_waits_for_the_lock(filled):
             with pytest.raises(Exception, match="collection is busy"):
                 col.delete(col.documents()[0].id)
         assert col.delete(col.documents()[0].id)
+
+
+
+# Edits every file of a folder and re-adds it (each file replaced), three rounds, then removes two
+# documents by path and one whose file was deleted (update). Small batches, the index saved after every
+# batch or only at the end, so a kill lands in a replace's commit, between it and the index save, or in
+# a removal. Files are rewritten atomically: what is on disk is always some whole edition.
+_EDITION = "file {i} edition {n} paragraph {j}: words about topic {t}."
+_UPDATE_WORKER = """
+import os, sys
+from pathlib import Path
+from retrieval import Collection, HashEmbedder
+folder, template = Path(sys.argv[2]), sys.argv[4]
+col = Collection.open("crash", sys.argv[1], embedder=HashEmbedder(dim=64), progress=False,
+                      batch_passages=4, checkpoint_seconds=float(sys.argv[3]))
+files = sorted(folder.glob("*.txt"))
+print("ready", flush=True)
+for n in (2, 3, 4):
+    for i, f in enumerate(files):
+        f.with_suffix(".tmp").write_text("\\n\\n".join(template.format(i=i, n=n, j=j, t=i * j % 17) for j in range(6)))
+        os.replace(f.with_suffix(".tmp"), f)
+    col.add(folder)
+col.remove_documents([str(files[0]), str(files[1])])
+files[2].unlink()
+col.update(folder)
+print("done", flush=True)
+"""
+
+
+def edition(i: int, n: int) -> str:
+    return "\n\n".join(_EDITION.format(i=i, n=n, j=j, t=i * j % 17) for j in range(6))
+
+
+def _run_update_worker(data_dir: Path, folder: Path, kill_after: float | None, checkpoint: float) -> tuple[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _UPDATE_WORKER, str(data_dir), str(folder), str(checkpoint), _EDITION],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        if kill_after is None:
+            assert proc.stdout.readline().strip() == "done"
+            return "finished", time.monotonic() - started
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        return ("finished" if "done" in proc.stdout.read() else "killed"), kill_after
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def _check_versions(data_dir: Path, folder: Path, n_files: int) -> None:
+    """One version per file, never none: files 3.. (never removed) have exactly one document at every
+    moment, the others at most one; and each document's passages are all of one edition."""
+    from retrieval.store import source_key
+
+    with Collection.open("crash", data_dir, embedder=HashEmbedder(dim=64), progress=False) as col:
+        assert_consistent(col)
+        by_path: dict[str, list] = {}
+        for doc in col.documents():
+            by_path.setdefault(source_key(doc.source), []).append(doc)
+        assert len(by_path) == len(col.documents())
+        for i in range(n_files):
+            docs = by_path.get(source_key(str(folder / f"{i:03d}.txt")), [])
+            assert len(docs) == 1 if i >= 3 else len(docs) <= 1, (i, docs)
+            for doc in docs:
+                text = " ".join(p.text for p in col.passages(doc.id))
+                assert len(set(re.findall(r"edition (\d+)", text))) == 1, (i, text)
+        hit = col.search("paragraph 3: words about topic", k=1)[0]
+        assert col.store.hits([hit.passage_id])[hit.passage_id][1] == hit.text
+
+
+def test_kill_during_replace_and_remove_at_random_points(tmp_path):
+    n_files = 40
+
+    def fresh(trial: int) -> tuple[Path, Path]:
+        data_dir, folder = tmp_path / f"data{trial}", tmp_path / f"docs{trial}"
+        for i in range(n_files):
+            write(folder / f"{i:03d}.txt", edition(i, 1))
+        with Collection.create("crash", data_dir, embedder=HashEmbedder(dim=64), progress=False) as col:
+            col.add(folder)
+        return data_dir, folder
+
+    spans = {}
+    for trial, checkpoint in enumerate((0, 1000)):
+        data_dir, folder = fresh(trial)
+        outcome, spans[checkpoint] = _run_update_worker(data_dir, folder, None, checkpoint)
+        assert outcome == "finished"
+        _check_versions(data_dir, folder, n_files)
+    rng = random.Random(4321)
+    outcomes = []
+    deadline = time.monotonic() + 60
+    for trial in range(2, 12):
+        checkpoint = 0 if trial % 2 else 1000
+        data_dir, folder = fresh(trial)
+        outcomes.append(_run_update_worker(data_dir, folder, rng.uniform(0, spans[checkpoint]), checkpoint)[0])
+        _check_on_disk(data_dir / "crash")
+        _check_versions(data_dir, folder, n_files)
+        _check_on_disk(data_dir / "crash")
+        # Running update after the crash brings the collection in step with the folder (removed
+        # documents whose files still exist come back: update reads every file under the folder).
+        with Collection.open("crash", data_dir, embedder=HashEmbedder(dim=64), progress=False) as col:
+            assert col.update(folder).ok
+            assert sorted(d.id for d in col.documents()) == sorted(
+                content_id(f.read_bytes()) for f in folder.glob("*.txt"))
+            assert_consistent(col)
+        if time.monotonic() > deadline:
+            break
+    assert outcomes.count("killed") >= 4, outcomes

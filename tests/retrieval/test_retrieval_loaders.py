@@ -27,9 +27,13 @@ def test_same_bytes_same_id_any_path(tmp_path):
     assert a.id == b.id != c.id
 
 
-def test_markdown_title_from_first_heading(tmp_path):
-    doc = load_document(write(tmp_path / "guide.md", "Intro text\n\n## Install Guide ##\n\nSteps."))
+def test_markdown_title_from_top_level_heading(tmp_path):
+    # Issue 17: the first heading of any level used to be the title, so a file whose first heading was
+    # "## Install Guide" was cited as "Install Guide" everywhere. A "##" names a section, not the file:
+    # only a top-level heading is the file's title, else the file name (tests/retrieval/test_retrieval_cleanup.py).
+    doc = load_document(write(tmp_path / "guide.md", "Intro text\n\n# Install Guide ##\n\n## Steps"))
     assert doc.kind == "markdown" and doc.title == "Install Guide"
+    assert load_document(write(tmp_path / "notes.md", "Intro text\n\n## Install Guide ##\n\nSteps.")).title == "notes"
     assert load_document(write(tmp_path / "plain.md", "no heading")).title == "plain"
 
 
@@ -45,7 +49,8 @@ def test_html_visible_text_only(tmp_path):
     for invisible in ("SCRIPT", "color", "COMMENT", "HIDDEN1", "HIDDEN2", "NOSCRIPT", "The Page"):
         assert invisible not in doc.text
     assert "Hello bold world." in doc.text  # inline tags do not break the sentence
-    assert "Menu\n\nHello bold world.\n\nSecond\nline" in doc.text
+    assert "Menu" not in doc.text  # navigation is page chrome, not content (issue 17)
+    assert "Hello bold world.\n\nSecond\nline" in doc.text
     assert "cell1 cell2" in doc.text
 
 
@@ -146,8 +151,8 @@ def test_byte_order_marks(tmp_path, encoding, bom):
 
 
 def test_unsupported_extension(tmp_path):
-    with pytest.raises(LoadError, match="unsupported file type '.docx'"):
-        load_document(write(tmp_path / "x.docx", b"PK"))
+    with pytest.raises(LoadError, match="unsupported file type '.odt'"):
+        load_document(write(tmp_path / "x.odt", b"PK"))
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -160,7 +165,7 @@ def test_missing_file_and_directory(tmp_path):
 
 def test_size_limit(tmp_path):
     path = write(tmp_path / "big.txt", b"word " * 1000)
-    with pytest.raises(LoadError, match=r"file too large: .* MiB > limit"):
+    with pytest.raises(LoadError, match=r"^file too large: 4.9 KiB > limit 1000 bytes \(raise it: --max-file-mb"):
         read_bytes(path, max_bytes=1000)
     assert len(read_bytes(path, max_bytes=None)) == 5000
 
@@ -168,16 +173,16 @@ def test_size_limit(tmp_path):
 def test_iter_files_recursive_sorted_and_filtered(tmp_path):
     for rel in ("b.txt", "a/z.md", "a/y.pdf", "a/deep/x.html", ".hidden/h.txt", "a/.secret.txt", "a/pic.png"):
         write(tmp_path / "root" / rel, "x")
-    write(tmp_path / "single.docx", "x")
+    write(tmp_path / "single.odt", "x")
     found = [(p.relative_to(tmp_path).as_posix(), reason) for p, reason in iter_files([tmp_path / "root",
-                                                                                       tmp_path / "single.docx"])]
+                                                                                       tmp_path / "single.odt"])]
     assert found == [
         ("root/b.txt", None),
         ("root/a/pic.png", "unsupported file type '.png'"),
         ("root/a/y.pdf", None),
         ("root/a/z.md", None),
         ("root/a/deep/x.html", None),
-        ("single.docx", None),  # named explicitly: the loader will say what is wrong with it
+        ("single.odt", None),  # named explicitly: the loader will say what is wrong with it
     ]
 
 
