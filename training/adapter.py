@@ -123,8 +123,13 @@ def load_adapter(model, folder: str | Path, merge: bool = False) -> dict:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    spec = json.loads((folder / ADAPTER_CONFIG).read_text())
-    state = load_file(str(folder / ADAPTER_FILE))
+    if (folder / ADAPTER_CONFIG).exists():
+        spec = json.loads((folder / ADAPTER_CONFIG).read_text())
+        state = load_file(str(folder / ADAPTER_FILE))
+    else:  # a shipped delta model directory: train it further
+        from training.export_reader import adapter_from_delta  # imports this module
+
+        state, spec = adapter_from_delta(folder)
     base_sha = model.config.extra.get("sha256")
     want_sha = spec.get("base", {}).get("sha256")
     if want_sha and base_sha and want_sha != base_sha:
@@ -147,6 +152,34 @@ def load_adapter(model, folder: str | Path, merge: bool = False) -> dict:
     if merge:
         merge_adapter(model)
     return spec
+
+
+def apply_horizon_floor(model, floors: list[float]) -> list[list[float]]:
+    """Lengthen the longest-memory heads of every layer: the head with the i-th shortest horizon
+    1 / (1 - gamma) gets at least `floors[i]` tokens (0 = unchanged). Returns the new horizons.
+
+    Why: stage 1's attention-output transfer on 1,024-token windows pulled every head's horizon down
+    (most layers ended below 300 tokens), so the gold passage of a 4-passage prompt, ~800 tokens
+    before the question, was out of reach. A floor on a few heads per layer restores long memory;
+    training then adapts the projections to it."""
+    heads = len(floors)
+    out = []
+    for ret in retention_modules(model):
+        decay = ret._log_decay
+        if not isinstance(decay, LearnedDecay):
+            raise ValueError("apply_horizon_floor needs learned decays (attach_adapter(..., learn_decay=True))")
+        if decay.theta.numel() != heads:
+            raise ValueError(f"horizon floor has {heads} entries, the model has {decay.theta.numel()} heads per layer")
+        with torch.no_grad():
+            log_g = decay.log_decay().double()
+            horizon = 1.0 / (-torch.expm1(log_g))
+            order = torch.argsort(horizon)
+            for rank, head in enumerate(order.tolist()):
+                if floors[rank] > horizon[head]:
+                    horizon[head] = floors[rank]
+            decay.theta.copy_(torch.log(-torch.log1p(-1.0 / horizon)).to(decay.theta.dtype))
+        out.append([round(float(h), 1) for h in 1.0 / (-torch.expm1(decay.log_decay().detach().double()))])
+    return out
 
 
 def merge_adapter(model) -> None:

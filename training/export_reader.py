@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +40,31 @@ def delta_from_adapter(state: dict[str, torch.Tensor], spec: dict, layers: int, 
         delta[f"layers.{i}.retention.out_norm.weight"] = state[f"layers.{i}.out_norm.weight"].to(dtype)
         decays.append([float(x) for x in state[f"layers.{i}.log_decay"].double()])
     return delta, decays
+
+
+def adapter_from_delta(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The inverse of `delta_from_adapter`: (adapter state, spec) from a delta model directory written by
+    `export`, so a shipped reader can be trained further (training.uptrain_stage3 --adapter DELTA_DIR)."""
+    raw = json.loads((folder / "config.json").read_text())
+    delta = load_file(str(folder / "delta.safetensors"))
+    decays = raw["config"]["layer_decay_log"]
+    targets, state, rank = [], {}, None
+    for i, layer_decays in enumerate(decays):
+        for name, t in delta.items():
+            m = re.fullmatch(rf"layers\.{i}\.retention\.(\w+)\.weight\.lora_([ab])", name)
+            if m:
+                state[f"layers.{i}.{m[1]}.lora_{m[2]}"] = t
+                if i == 0 and m[2] == "a":
+                    targets.append(m[1])
+                    rank = t.shape[0]
+        state[f"layers.{i}.out_norm.weight"] = delta[f"layers.{i}.retention.out_norm.weight"]
+        state[f"layers.{i}.log_decay"] = torch.tensor(layer_decays, dtype=torch.float64)
+    if rank is None:
+        raise ValueError(f"{folder} holds no LoRA factors: not a delta directory written by export()")
+    spec = {"rank": rank, "alpha": float(raw.get("lora_scale", 1.0)) * rank, "targets": sorted(targets),
+            "learn_decay": True, "base": {"sha256": raw["base"]["sha256"]},
+            "info": raw["config"].get("extra", {}).get("adapter", {})}
+    return state, spec
 
 
 def export(adapter: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:

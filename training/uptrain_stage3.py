@@ -9,13 +9,18 @@ tokens only, the loss mask) plus a batch of plain text windows distilled from th
 without forgetting. LoRA + output norms train; the decays stay frozen (the Triton kernels run).
 Training stops at `steps` or when `--total-seconds` (the whole run) minus `reserve_s` is reached.
 
+Stage 4 is this script again from the shipped stage-3 reader (`--adapter data/readers/...`,
+`--tag stage4`, `training/uptrain_stage4_h200.json`): a `horizon_floor` gives the longest-memory heads
+of every layer long horizons again, then reading rows and text windows of 2,048 tokens teach the
+model to use them.
+
 Evaluation before and after, everything teacher-forced on held-out sessions from the corpus' eval
 split (so it is cheap and batched): answer-token accuracy and cross-entropy; exact match (every
 answer token and the closing <|im_end|> is the argmax, i.e. what greedy decoding would write);
 refusal accuracy on unanswerable turns; false refusals (the refusal sentence is the greedy
 continuation of an answerable turn); by turn number and by kind. The teacher (softmax, same base
 weights) is scored the same way once. Plus held-out text CE/KL and greedy answers on a few
-samples and on stage 2's RAG prompts. Results land in --out (metrics.json, log.txt, adapter_stage3/).
+samples and on stage 2's RAG prompts. Results land in --out (metrics.json, log.txt, adapter_<tag>/).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.adapter import load_adapter, save_adapter
+from retnet.io import atomic_directory
+from training.adapter import apply_horizon_floor, load_adapter, save_adapter
 from training.softmax_teacher import teacher_forward
 from training.uptrain import (
     TokenStream,
@@ -48,6 +54,8 @@ DEFAULTS = {
     "steps": 100000, "lr": 3e-4, "lr_norm": 1e-3, "warmup": 20, "reserve_s": 80, "eval_rows": 32,
     "eval_batch": 16, "max_new_tokens": 48, "sample_new_tokens": 32, "crop": 0, "eval_limit": 0,
     "teacher_greedy": True, "train_decay": False, "dtype": "bfloat16", "seed": 0,
+    "horizon_floor": None,  # per layer, the i-th shortest-memory head gets >= horizon_floor[i] tokens
+    "save_every_s": 120,  # a lent GPU can go away mid-run: keep the newest adapter on disk
 }
 
 
@@ -172,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--gguf", type=Path, required=True)
-    ap.add_argument("--adapter", type=Path, required=True, help="the stage-2 adapter folder")
+    ap.add_argument("--adapter", type=Path, required=True,
+                    help="the adapter folder to start from, or a shipped delta model directory")
+    ap.add_argument("--tag", default="stage3", help="names the result: adapter_<tag>/, eval_<tag> in metrics")
     ap.add_argument("--data", type=Path, required=True, help="reading.npz, reading_meta.json, text.npy, eval.npy")
     ap.add_argument("--rag", type=Path, default=None, help="stage 2's rag_prompts.json (greedy side by side)")
     ap.add_argument("--out", type=Path, required=True)
@@ -205,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(device)
     # Frozen decays let the Triton kernels run; train_decay=True sends retention through the PyTorch
     # reference (the decays then train too, at lr_norm): the fallback the 2026-12-02 run needed.
+    if cfg["horizon_floor"]:
+        metrics["horizons"] = apply_horizon_floor(model, cfg["horizon_floor"])
     set_decay_trainable(model, cfg["train_decay"])
     tok = gguf_tokenizer(args.gguf)
     pad = tok.token_to_id("<|endoftext|>")
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         model.train()
 
-    evaluate("stage2", teacher_too=True, rag_too=False)
+    evaluate("before", teacher_too=True, rag_too=False)
 
     # -- training
     opt = make_optimizer(model, cfg["lr"], cfg["lr_norm"])
@@ -259,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics["train_seconds_planned"] = train_s
     log(f"training for {train_s:.0f} s")
     start, step, history, n_read, n_text = time.time(), 0, [], 0, 0
+    last_save = start
+
+    def checkpoint(final: bool = False):
+        with atomic_directory(args.out / f"adapter_{args.tag}") as tmp:
+            save_adapter(model, spec, tmp, dtype=torch.bfloat16,
+                         info={"stage": args.tag, "steps": step, "tokens": n_read + n_text, "from": str(args.adapter),
+                               "final": final})
     while step < cfg["steps"] and time.time() - start < train_s:
         progress = max(step / cfg["steps"], (time.time() - start) / train_s)
         for g in opt.param_groups:
@@ -276,18 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         optimizer_step(opt, loss, trainable)
         step += 1
         n_read += r_ids[:, :-1].numel()
-        record_step(history, "stage3", step, loss, info, start, log)
+        record_step(history, args.tag, step, loss, info, start, log)
+        if time.time() - last_save > cfg["save_every_s"]:
+            checkpoint()
+            last_save = time.time()
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start
-    metrics["stage3"] = {"steps": step, "reading_tokens": n_read, "text_tokens": n_text, "wall_s": wall,
+    metrics["train"] = {"steps": step, "reading_tokens": n_read, "text_tokens": n_text, "wall_s": wall,
                          "tok_per_s": (n_read + n_text) / max(wall, 1e-9), "reading_epochs": rows.epochs +
                          rows.at / len(rows.rows), "history": history}
-    log(f"stage3: {json.dumps({k: v for k, v in metrics['stage3'].items() if k != 'history'})}")
-    save_adapter(model, spec, args.out / "adapter_stage3", dtype=torch.bfloat16,
-                 info={"stage": "stage3", "steps": step, "tokens": n_read + n_text, "from": str(args.adapter)})
+    log(f"{args.tag}: {json.dumps({k: v for k, v in metrics['train'].items() if k != 'history'})}")
+    checkpoint(final=True)
     save()
-    evaluate("stage3", teacher_too=False, rag_too=True)
+    evaluate(args.tag, teacher_too=False, rag_too=True)
     metrics["total_s"] = time.time() - t0
     save()
     log(f"done in {metrics['total_s']:.0f} s")

@@ -172,3 +172,56 @@ def test_real_smollm2_teacher_equals_transformers():
         want = hf(ids).logits
         got = teacher_forward(model, ids)
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_a_delta_directory_loads_back_as_the_adapter(tiny, tmp_path):
+    """A shipped reader (delta directory) can be trained further: load_adapter reads it exactly."""
+    import dataclasses
+
+    from retnet.convert.delta import write_delta_directory
+    from training.adapter import adapter_state
+    from training.export_reader import delta_from_adapter
+
+    path, _ = tiny
+    model = from_llama_gguf(path).double()
+    spec = attach_adapter(model, rank=4, alpha=8.0)
+    _randomise(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(ids, mode="parallel").logits
+    delta, decays = delta_from_adapter(adapter_state(model), spec, L, torch.float64)
+    cfg = dataclasses.replace(model.config, decay_log=None, layer_decay_log=decays)
+    (tmp_path / "reader").mkdir()
+    write_delta_directory(tmp_path / "reader", cfg, {"format": "llama-gguf", "sha256": cfg.extra["sha256"]}, delta,
+                          spec["alpha"] / spec["rank"])
+
+    fresh = from_llama_gguf(path).double()
+    got_spec = load_adapter(fresh, tmp_path / "reader")
+    assert (got_spec["rank"], got_spec["alpha"]) == (4, 8.0)
+    with torch.no_grad():
+        got = fresh(ids, mode="parallel").logits
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_horizon_floor_lengthens_only_the_longest_heads(tiny):
+    from training.adapter import apply_horizon_floor
+
+    path, _ = tiny
+    model = from_llama_gguf(path).double()
+    attach_adapter(model, rank=2, alpha=2.0)
+    _randomise(model)
+
+    def horizons():
+        return [1.0 / -torch.expm1(layer.retention._log_decay.log_decay().detach()) for layer in model.layers]
+
+    before = horizons()
+    floors = [0.0, 0.0, 50.0, 1e4]  # H = 4 heads: the longest gets >= 10k tokens, the next >= 50
+    reported = apply_horizon_floor(model, floors)
+    for old, new, rep in zip(before, horizons(), reported, strict=True):
+        order = torch.argsort(old)
+        for rank, head in enumerate(order.tolist()):
+            want = max(float(old[head]), floors[rank])
+            assert float(new[head]) == pytest.approx(want, rel=1e-9)
+            assert rep[head] == pytest.approx(want, abs=0.06)
+    with pytest.raises(ValueError, match="4 heads"):
+        apply_horizon_floor(model, [0.0, 1.0])

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--packages", nargs="*", help="only these source packages (default: all)")
     ap.add_argument("--no-download", action="store_true", help="use the .deb files already in build-dir/debs")
-    ap.add_argument("--sources-md", type=Path, default=REPO / "data" / "corpus" / "SOURCES.md")
+    ap.add_argument("--sources-md", type=Path, default=REPO / "training" / "corpus" / "SOURCES.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
