@@ -101,6 +101,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
+    p.add_argument("--quantize", choices=("auto", "int8", "none"), default=None,
+                   help="int8 weights on the CPU: auto (default, or $RETNET_QUANTIZE) uses them for models of "
+                        ">= 50M parameters, int8 always, none never")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads for the model (default 0 = auto: 1 for small models, else torch's default)")
 
@@ -255,7 +258,7 @@ def _open_qa(args, create: bool):
     # MultiDocQA loads the model (a missing one fails before any ingestion) while the collection's embedder
     # loads in the background, and picks the threads (--threads 0: 1 for small models).
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=args.model, device=args.device,
-                      threads=args.threads, embedder=_embedder(args), create=create, options=options)
+                      quantize=args.quantize, threads=args.threads, embedder=_embedder(args), create=create, options=options)
 
 
 def _add(qa, paths) -> None:

@@ -49,12 +49,16 @@ class MultiDocQA:
     is set; a model object you pass is left to you. 0: the automatic choice for any model; N > 0:
     exactly N. torch's setting is process-wide, and a torch.set_num_threads call made before cannot
     be told apart from torch's default: keep yours with threads=torch.get_num_threads().
+
+    ``quantize``: int8 weights when MultiDocQA loads the model ("auto", "int8", "none"; None reads
+    $RETNET_QUANTIZE, default "auto": int8 for float32 CPU models of >= 50M parameters; retnet.quantize).
     """
 
     def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, create: bool = True,
                  options: AnswerOptions | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 cache_snapshots: str = "start", device=None, threads: int | None = None, **overrides):
+                 cache_snapshots: str = "start", device=None, threads: int | None = None,
+                 quantize: str | None = None, **overrides):
         self.options = options = AnswerOptions.build(options, **overrides)
         loads_model = model is None or isinstance(model, (str, os.PathLike))
         # The embedder loads in the background while the reader does: open the collection first, unless
@@ -63,7 +67,7 @@ class MultiDocQA:
         if early:
             self.collection = self._open_collection(collection, data_dir, embedder, create)
         try:
-            self.reader = self._reader(model, tokenizer, options, cache, cache_snapshots, device, threads)
+            self.reader = self._reader(model, tokenizer, options, cache, cache_snapshots, device, threads, quantize)
         except BaseException:
             if early and isinstance(collection, (str, os.PathLike)):
                 self.collection.close()
@@ -73,11 +77,11 @@ class MultiDocQA:
         self._owns_collection = isinstance(collection, str)
 
     @staticmethod
-    def _reader(model, tokenizer, options, cache, cache_snapshots, device, threads) -> Reader:
+    def _reader(model, tokenizer, options, cache, cache_snapshots, device, threads, quantize) -> Reader:
         if isinstance(model, Reader):
             reader = model
         elif model is None or isinstance(model, (str, os.PathLike)):
-            m, tok = load_model(model, device)
+            m, tok = load_model(model, device, quantize)
             if threads is None and not os.environ.get("OMP_NUM_THREADS"):
                 threads = 0
             reader = Reader(m, tokenizer or tok, options, cache=cache, cache_snapshots=cache_snapshots)

@@ -73,3 +73,26 @@ def test_thread_choice_counts_int8_weights(model_dir, monkeypatch):
         assert defaults.configure_threads(None, q) == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("flag,expected", [("int8", "int8"), ("none", "none")])
+def test_cli_quantize_flag_reaches_the_loaded_model(flag, expected, tiny_model_dir, data_dir, docs_dir,
+                                                    monkeypatch, capsys):
+    import app.qa
+    from app.cli import main
+
+    loaded = []
+    real = app.qa.load_model
+
+    def spy(*args, **kwargs):
+        model, tok = real(*args, **kwargs)
+        loaded.append(model)
+        return model, tok
+
+    monkeypatch.setattr(app.qa, "load_model", spy)
+    monkeypatch.setenv(Q.ENV_VAR, "none" if flag == "int8" else "int8")  # the flag wins over the environment
+    code = main([str(a) for a in ["ask", "What does tar -x do?", "-c", "docs", "--add", docs_dir, "--data-dir",
+                                  data_dir, "--model", tiny_model_dir, "--max-new-tokens", "2", "--embedder",
+                                  "hash", "--quantize", flag]])
+    assert code == 0, capsys.readouterr().err
+    assert [Q.quantization_of(m) for m in loaded] == [expected]
