@@ -258,7 +258,8 @@ def _open_qa(args, create: bool):
     # MultiDocQA loads the model (a missing one fails before any ingestion) while the collection's embedder
     # loads in the background, and picks the threads (--threads 0: 1 for small models).
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=args.model, device=args.device,
-                      quantize=args.quantize, threads=args.threads, embedder=_embedder(args), create=create, options=options)
+                      quantize=args.quantize, threads=args.threads, embedder=_embedder(args), create=create,
+                      options=options)
 
 
 def _add(qa, paths) -> None:

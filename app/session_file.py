@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from retnet import RetentionState, StateMismatchError
-from retnet.io import atomic_write
+from retnet.io import atomic_write, read_safetensors
 
 from .errors import SessionFileError, SessionModelMismatchError
 from .types import Answer, Source, Timings, Usage
@@ -117,9 +117,7 @@ def read_session_file(path: str | Path, model) -> SavedSession:
 
 def _read_raw(path: Path) -> tuple[dict, dict]:
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        meta, tensors = read_safetensors(path)  # copied: a later change to the file cannot reach them
     except Exception as e:  # any reader failure on a damaged file is the same story for the user
         raise SessionFileError(f"cannot read session file {path}: it is truncated or corrupted "
                                f"({type(e).__name__}: {e})") from None

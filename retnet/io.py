@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temp file beside the target, fsync, then rename.
+"""Safe file I/O: atomic writes (a temp file beside the target, fsync, then rename), and safetensors
+files read whole into memory.
 
 A reader (or a crash) sees either the old file or the new one, never half of one.
 
@@ -11,6 +12,7 @@ naming, ``.<target name>.<random>.tmp``, go by age only. Nothing else in the fol
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +21,9 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+from safetensors.torch import load as _load_safetensors_bytes
 
 STALE_AFTER_S = 15 * 60  # a temp not modified for this long belongs to no live write
 
@@ -139,3 +144,26 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, copied into memory.
+
+    safetensors' ``safe_open`` maps the file: its tensors stay backed by the file's pages, and if the
+    file is truncated or rewritten in place after loading (another program, a non-atomic copy) the
+    next read of such a tensor kills the process with SIGBUS. State and session files are small, so
+    they are read whole. Errors as the library raises them (SafetensorError, ValueError, OSError).
+    """
+    data = Path(path).read_bytes()
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes: too short for a safetensors file")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header of {n} bytes in a file of {len(data)}: truncated")
+    header = json.loads(data[8 : 8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("the safetensors metadata is not a map of strings")
+    return meta, _load_safetensors_bytes(data)

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .io import atomic_write
+from .io import atomic_write, read_safetensors
 
 STATE_FORMAT = "retnet-rag-state"
 STATE_FORMAT_VERSION = 1
@@ -164,10 +164,10 @@ class RetentionState:
         if not path.is_file():
             raise FileNotFoundError(f"no state file at {path}")
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
+            with safe_open(str(path), framework="pt", device="cpu") as f:  # the header alone, mapped
                 header = json.loads((f.metadata() or {}).get("header", "null"))
-                check_header(header, str(path))  # before reading tensors: a model file is no state
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no __iter__)
+            check_header(header, str(path))  # before reading tensors: a model file is no state
+            _, tensors = read_safetensors(path)  # copied: a later change to the file cannot reach them
         except StateMismatchError:
             raise
         except (SafetensorError, OSError, ValueError, TypeError, RecursionError) as e:

@@ -375,3 +375,15 @@ def test_any_transcript_json_is_refused_or_usable(saved_file, tmp_path, where, f
         json.dumps(answer.to_dict())
         for q in answer.quotes:
             q.highlight()
+
+
+def test_a_loaded_session_survives_its_file_being_truncated(qa, tmp_path):
+    """The loaded state is a copy: the file cut in place afterwards (a non-atomic copy, another program)
+    must not reach it (a state mapped from the file would die with SIGBUS on the next read)."""
+    path = _saved(qa, tmp_path / "s.session")
+    s = qa.load_session(path)
+    before = s.state.clone()
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    assert s.state.clone().equal(before)
+    assert s.ask("And gzip -d?").text is not None

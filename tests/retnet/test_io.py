@@ -100,3 +100,23 @@ def test_cleanup_never_fails_a_write(tmp_path, dead_pid, monkeypatch):
     assert remove_stale_temps(tmp_path / "no-such-folder" / "a.json") == []
     atomic_write_text(tmp_path / "a.json", "{}")
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+def test_read_safetensors_copies_so_a_later_change_to_the_file_cannot_reach_the_tensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from retnet.io import read_safetensors
+
+    path = tmp_path / "t.safetensors"
+    want = {"a": torch.randn(300, 70, dtype=torch.float64), "b": torch.arange(11)}
+    save_file(want, str(path), metadata={"note": "hi"})
+    meta, got = read_safetensors(path)
+    assert meta == {"note": "hi"} and set(got) == {"a", "b"}
+    with open(path, "r+b") as f:  # truncated in place: a mapped tensor would now raise SIGBUS when read
+        f.truncate(64)
+    assert torch.equal(got["a"].clone(), want["a"]) and torch.equal(got["b"], want["b"])
+    for damaged in (b"", b"\x01\x02", (10**6).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little") + b"[]"):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError):
+            read_safetensors(path)
