@@ -59,7 +59,7 @@ def two_threads(monkeypatch, special_model, special_tok):
     import app.qa
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(app.qa, "load_model", lambda path, device=None: (special_model, special_tok))
+    monkeypatch.setattr(app.qa, "load_model", lambda path, device=None, quantize=None: (special_model, special_tok))
     torch.set_num_threads(2)
 
 

@@ -105,9 +105,9 @@ def test_multidocqa_preloads_the_embedder_before_the_reader(monkeypatch, tiny_mo
     seen = []
     real = qa_module.load_model
 
-    def load_model(path, device):
+    def load_model(path, device, quantize=None):
         seen.append(emb.preloaded)  # the embedder was already loading when the reader started to
-        return real(path, device)
+        return real(path, device, quantize)
 
     monkeypatch.setattr(qa_module, "load_model", load_model)
     with MultiDocQA("docs", data_dir=data_dir, model=tiny_model_dir, embedder=emb, max_new_tokens=4) as qa:
