@@ -233,7 +233,8 @@ def run_models(args: argparse.Namespace, collection, todo: list[list[Question]],
             runs.append(("retrieval only", False))  # the baseline needs the session's follow-up passages
         if not runs:
             continue
-        with MultiDocQA(collection, model=d, k=args.k, max_new_tokens=args.max_new_tokens) as qa:
+        with MultiDocQA(collection, model=d, k=args.k, max_new_tokens=args.max_new_tokens,
+                        grounded=not args.free) as qa:
             configure_threads(args.threads, qa.model)
             for label, closed in runs:
                 system = f"{label} ({name})" if len(dirs) > 1 else label
@@ -278,6 +279,7 @@ def evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
                    "devset": str(args.devset), "questions": n_questions, "questions_in_devset": len(devset.questions),
                    "limit": args.limit, "seed": args.seed, "documents": len(devset.documents),
                    "passages": n_passages, "embedder": args.embedder, "k": args.k,
+                   "answers": "free" if args.free else "grounded",
                    "max_new_tokens": args.max_new_tokens, "seconds": time.perf_counter() - started},
         "systems": systems, "summary": summaries, "records": records,
     }
@@ -296,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--k", type=int, default=4, help="passages per question (default: %(default)s)")
     ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                     help="answer length limit of the reader (default: %(default)s)")
+    ap.add_argument("--free", action="store_true",
+                    help="readers write freely (default: grounded answers, the app's default: quotes or a refusal)")
     ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
                     help="which systems to run (default: all)")
     ap.add_argument("--limit", type=int, default=0,

@@ -105,8 +105,9 @@ def markdown(report: dict) -> str:
            f"Measured {c['date']} on {c['machine']}.", "",
            f"Command: `{c['command']}` ({c['seconds'] / 60:.1f} min).", "",
            f"{c['questions']} questions{sample} from `{c['devset']}` over {c['documents']} documents "
-           f"({c['passages']} passages, embedder `{c['embedder']}`), k = {c['k']} passages per turn, greedy "
-           f"decoding, at most {c['max_new_tokens']} new tokens. Systems: {systems}.", ""]
+           f"({c['passages']} passages, embedder `{c['embedder']}`), k = {c['k']} passages per turn, "
+           f"{c.get('answers', 'grounded')} answers, greedy decoding, at most {c['max_new_tokens']} new tokens. "
+           f"Systems: {systems}.", ""]
     if c.get("note"):
         out += [c["note"], ""]
     out += ["## Overall", "", *overall_table(report), "",
