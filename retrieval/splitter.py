@@ -12,8 +12,9 @@ of the previous one. Overlap counts against the budget, so passages never grow; 
 is 15% of the budget (``DEFAULT_OVERLAP_SHARE``): a sentence or option block that ends one
 passage also opens the next, where the embedder sees it near the start (all-MiniLM-L6-v2
 reads 256 word pieces, and two thirds of 200-token passages are longer than that). Dev set
-(benchmarks/results/retrieval_dev.md, chosen on the even question ids): hybrid recall@4 of
-single-passage questions 0.848 -> 0.886 with the title context; 30 tokens beat 0 and 50.
+(benchmarks/results/retrieval_dev.md): hybrid recall@4 of single-passage questions 0.852 -> 0.890
+with the title context; chosen on the even question ids, where 30 tokens (0.895) beat 0 (0.848)
+and 50 (0.886).
 
 Invariants (tested with hypothesis): ``doc.text[p.start:p.end] == p.text``; every
 passage has ``count_tokens(p.text) <= max_tokens`` unless a single character exceeds it;
