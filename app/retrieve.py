@@ -4,8 +4,9 @@ Hybrid search: the dense top 40 re-ranked lexically, fused by reciprocal rank fu
 BM25 top 40 over the whole collection (SQLite FTS5, ``Collection.lexical_search``). A follow-up
 turn is searched with ``conversation_query``: its own words plus terms of the turns before.
 Dev set (benchmarks/results/retrieval_dev.md, k = 4, all-MiniLM-L6-v2): single-passage questions
-found 0.771 (dense top 20 re-ranked) -> 0.829; follow-up turns 0.476 alone -> 0.810 with the
-conversation (first turns 0.773).
+found 0.771 (dense top 20 re-ranked) -> 0.833 (session 5) -> 0.890 with passages embedded after
+their titles and overlapping (retrieval.context, retrieval.splitter); follow-up turns 0.857 with the
+conversation (first turns 0.864).
 
 Sentence embeddings (MiniLM) match meaning well but are weak on the exact strings
 technical questions hinge on: option names (``--version``), dotted API names
@@ -35,7 +36,10 @@ from typing import Any
 DEFAULT_WEIGHT = 0.5
 DEFAULT_CANDIDATES = 40  # per retriever; dev set (benchmarks/results/retrieval_dev.md): 40 beat 20 and 60
 
-_TERM = re.compile(r"--?\w[\w-]*|\w+(?:\.\w+)+(?:\(\))?|\w+")
+# Option names, dotted names, words, and operators: runs of two or more symbols ("//", "|=", "->"),
+# which technical questions ask about and which BM25's tokenizer drops (quotes, brackets and
+# sentence punctuation are not operators).
+_TERM = re.compile(r"--?\w[\w-]*|\w+(?:\.\w+)+(?:\(\))?|\w+|[^\w\s'\"()\[\]{},.;:!?]{2,}")
 _STOP = frozenset("""
 a an the of to in on at by for with from and or not no is are was were be been being do does did doing what which
 who whom whose when where why how this that these those it its as into than then there their they you your i we he
@@ -45,7 +49,7 @@ section first sentence option options python function method command mean means 
 
 
 def terms(text: str) -> set[str]:
-    """Lower-cased words, option names and dotted names, without stop words."""
+    """Lower-cased words, option names, dotted names and operators, without stop words."""
     out = set()
     for m in _TERM.findall(text.lower()):
         t = m.removesuffix("()")

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .context import DEFAULT_PASSAGE_CONTEXT, LEGACY_PASSAGE_CONTEXT, META_KEY, check_passage_context
 from .embedder import Embedder, SentenceTransformerEmbedder, embedder_from_name
 from .errors import CollectionError
 from .index import INDEX_KINDS, VectorIndex, remove_temp_files
@@ -94,6 +95,8 @@ class Collection:
         self.lock_timeout = lock_timeout
         self.index_kind = store.get_meta("index_kind") or "flat"
         self.dim = int(store.get_meta("dim") or 0)
+        # How passages are embedded (retrieval.context); kept for the collection's whole life.
+        self.passage_context = check_passage_context(store.get_meta(META_KEY) or LEGACY_PASSAGE_CONTEXT)
         self._mutex = threading.RLock()
         self._generation = -1  # generation the in-memory index reflects
         self._saved_generation = -1
@@ -111,15 +114,18 @@ class Collection:
         *,
         embedder: Embedder | None = None,
         index: str = "flat",
+        passage_context: str = DEFAULT_PASSAGE_CONTEXT,
         **options,
     ) -> Collection:
         """Create a new, empty collection; fails if it exists.
 
-        ``index`` is "flat" (exact), "hnsw" or "ivf" (see retrieval.index). Other options
-        are those of ``open``.
+        ``index`` is "flat" (exact), "hnsw" or "ivf" (see retrieval.index). ``passage_context``:
+        what passages are embedded with, "title" (their document's title in front) or "none"
+        (see retrieval.context). Other options are those of ``open``.
         """
         if index not in INDEX_KINDS:
             raise CollectionError(f"index must be one of {INDEX_KINDS}, not {index!r}")
+        check_passage_context(passage_context)
         path = collection_dir(name, data_dir)
         embedder = embedder or SentenceTransformerEmbedder()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +140,7 @@ class Collection:
                 store.set_meta("embedder", embedder.name)
                 store.set_meta("dim", str(embedder.dim))
                 store.set_meta("index_kind", index)
+                store.set_meta(META_KEY, passage_context)
                 store.set_meta("created_at", str(time.time()))
             store.close()
             try:
@@ -210,13 +217,15 @@ class Collection:
         *,
         embedder: Embedder | None = None,
         index: str = "flat",
+        passage_context: str = DEFAULT_PASSAGE_CONTEXT,
         **options,
     ) -> Collection:
-        """Open ``name`` if it exists (``index`` is then ignored), else create it."""
+        """Open ``name`` if it exists (``index`` and ``passage_context`` are then ignored), else create it."""
         path = collection_dir(name, data_dir)
         if not (path / _DB).exists():
             try:
-                return cls.create(name, data_dir, embedder=embedder, index=index, **options)
+                return cls.create(name, data_dir, embedder=embedder, index=index, passage_context=passage_context,
+                                  **options)
             except CollectionError:
                 if not path.exists():
                     raise
@@ -520,7 +529,7 @@ class Collection:
         ready: list[tuple[Document, list[Passage], np.ndarray]] = []
         results: list[FileResult] = []
         try:
-            vectors = self._encode(batch.texts(), bar)
+            vectors = self._encode(batch.texts(self.passage_context), bar)
             offset = 0
             for result, doc, passages in batch.items:
                 ready.append((doc, passages, vectors[offset : offset + len(passages)]))

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .context import NONE, embedding_text
 from .errors import LoadError
 from .limits import LoadLimits
 from .loaders import content_id, read_bytes
@@ -80,8 +81,9 @@ class IngestBatch:
         self.passages += len(passages)
         self.ids.add(doc.id)
 
-    def texts(self) -> list[str]:
-        return [p.text for _, _, passages in self.items for p in passages]
+    def texts(self, context: str = NONE) -> list[str]:
+        """What the embedder sees for each passage, in order (retrieval.context)."""
+        return [embedding_text(p.text, doc.title, context) for _, doc, passages in self.items for p in passages]
 
     def clear(self) -> None:
         self.items, self.passages, self.ids = [], 0, set()

@@ -18,6 +18,19 @@ def test_terms_keep_option_and_dotted_names():
     assert terms("What does zlib.decompress() do?") == {"zlib.decompress"}
 
 
+def test_terms_keep_operators_but_not_punctuation():
+    assert terms("What does // do in jq?") == {"//", "jq"}
+    assert terms("jq: is |= like =? (see 'a', ...)") == {"jq", "|=", "like", "see"}  # not "=?", "..."
+    assert terms("Sentences end. Quotes \"close\"; lists, go on!") == {"sentences", "end", "quotes", "close",
+                                                                         "lists", "go"}
+
+
+def test_an_operator_lifts_the_passage_that_defines_it():
+    hits = [hit(0.60, "Filters run on a stream of JSON values and produce output.", 1),
+            hit(0.55, "Alternative operator: a // b gives b when a is null or false.", 2)]
+    assert [h.passage_id for h in lexical_rerank("what does // do in jq", hits)] == [2, 1]
+
+
 def test_exact_terms_lift_the_right_passage():
     hits = [hit(0.62, "grep prints lines that match patterns.", 1),
             hit(0.55, "--version Output the version number of grep and exit.", 2),

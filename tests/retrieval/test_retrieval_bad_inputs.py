@@ -86,7 +86,7 @@ def test_folder_of_thousands_of_small_files(make_collection, tmp_path):
     assert len(report.added) == 3000 and report.ok
     assert len(col) == 3000 and len(col.documents()) == 3000
     top = col.search("Note 1234: remember item 8638 for project 12.")[0]
-    assert top.source.endswith("note01234.txt") and top.score > 0.999
+    assert top.source.endswith("note01234.txt")  # passages are embedded after their titles: no longer an exact match
     assert elapsed < 60, elapsed
     assert_consistent(col)
 

@@ -24,8 +24,9 @@ def doc(name: str, text: str) -> Document:
 
 @pytest.fixture
 def tools(make_collection):
-    """30 passages that repeat the question's common words, and one that holds its rare option name."""
-    col = make_collection()
+    """30 passages that repeat the question's common words, and one that holds its rare option name.
+    Embedded without their titles (passage_context="none"): the dense ranks below follow the text's words."""
+    col = make_collection(passage_context="none")
     col.add_documents([doc(f"filler{i}", f"{FILLER} Note {i}.") for i in range(30)] + [doc("keeper", KEEP)])
     return col
 

@@ -112,6 +112,23 @@ def test_cjk_text_without_spaces():
     assert all(p.text.endswith("\u3002") for p in passages)  # cut at the CJK full stop
 
 
+def test_default_overlap_is_a_share_of_the_budget():
+    assert Splitter().overlap == 30 and Splitter(max_tokens=40).overlap == 6
+    assert Splitter(max_tokens=5).overlap == 0  # a tiny budget has no room to repeat anything
+    assert Splitter(overlap=0).overlap == 0
+
+
+def test_default_overlap_repeats_the_sentence_that_ends_a_passage():
+    text = " ".join(f"Sentence {i} says {i} words here." for i in range(60))
+    splitter = Splitter(max_tokens=40)
+    passages = splitter.split(doc_of(text))
+    assert len(passages) > 2
+    for before, after in zip(passages, passages[1:], strict=False):
+        last = re.findall(r"Sentence \d+ [^.]*\.", before.text)[-1]
+        assert after.text.startswith(last) and after.start < before.end and after.tokens <= 40
+    check_invariants(doc_of(text), passages, splitter)
+
+
 def test_default_budget_and_validation():
     assert Splitter().max_tokens == 200
     with pytest.raises(ValueError):
@@ -162,6 +179,10 @@ def test_large_text_is_fast():
 
     text = ("A sentence of moderate length with several words. " * 8 + "\n\n") * 5000  # ~2.6 MB
     start = time.perf_counter()
-    passages = Splitter().split(doc_of(text))
+    passages = Splitter(overlap=0).split(doc_of(text))
     assert time.perf_counter() - start < 10
     assert all(p.tokens <= 200 for p in passages) and len(passages) == 5000 // 3 + 1  # three 64-word paragraphs each
+    start = time.perf_counter()
+    overlapping = Splitter().split(doc_of(text))  # the default overlap re-reads sentence tails: still linear
+    assert time.perf_counter() - start < 10
+    assert all(p.tokens <= 200 for p in overlapping) and len(overlapping) > len(passages)
