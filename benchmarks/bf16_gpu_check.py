@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
-    result = {"backend": ops._resolve(None, torch.zeros(1, device=args.device)),
+    result = {"backend": ops._resolve(None, torch.zeros(1, 1, 1, ops.MIN_TRITON_K, device=args.device)),
               "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
               "logits": logits_check(args.device), "state": state_check(args.device)}
     lines = [f"# bf16 on {result['device']} (backend {result['backend']})", "",

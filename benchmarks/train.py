@@ -201,7 +201,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
     gpu = next((w.lower() for w in device_name.split() if w[:1] in "HABL" and any(c.isdigit() for c in w)), "gpu")
     args.name = args.name or (f"train_{gpu}" if cuda else "train_cpu") + ("_quick" if quick else "")
-    probe = torch.empty(1, device=args.device)
+    probe = torch.empty(1, 1, 1, ops.MIN_TRITON_K, device=args.device)  # the backend of wide heads
     meta = dict(device_name=device_name, torch=torch.__version__, length=args.length, batch=args.batch,
                 steps=args.steps, warmup=args.warmup, command=" ".join(["PYTHONPATH=. python benchmarks/train.py",
                                                                          *sys.argv[1:]]),

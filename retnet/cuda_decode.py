@@ -96,7 +96,7 @@ def step_plan(model) -> StepPlan:
     dt = ops.reference.compute_dtype(weight)
     device = weight.device
     layers = [block.retention for block in model.layers]
-    probe = torch.empty(0, device=device, dtype=weight.dtype)
+    probe = torch.empty(0, 0, 0, model.config.head_k_dim, device=device, dtype=weight.dtype)  # device and K
     return StepPlan([attn._log_decay.on(device).to(dt) for attn in layers], layers[0]._inv_freq.on(device),
                     ops._resolve(None, probe) == "triton")
 

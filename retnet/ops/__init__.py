@@ -7,7 +7,8 @@ Backends
 - "triton": the fused Triton kernels in `triton_chunk.py` (chunkwise forward and
   backward) and `triton_decode.py` (decode step, short recurrent runs). They need CUDA
   tensors, or CPU tensors under `TRITON_INTERPRET=1` (how the tests run them).
-- "auto" (default): "triton" for CUDA tensors when Triton imports, else "reference".
+- "auto" (default): "triton" for CUDA tensors when Triton imports and the key head dimension is
+  at least ``MIN_TRITON_K`` (16: compiled ``tl.dot`` needs an inner dimension of 16), else "reference".
 
 Force one with `set_backend("reference" | "triton" | "auto")`, the environment variable
 `RETNET_BACKEND` (read at import), or the `backend=` argument of each call.
@@ -70,6 +71,7 @@ def get_backend() -> str:
 
 
 _triton_ok: bool | None = None
+MIN_TRITON_K = 16  # compiled tl.dot wants inner dimensions of at least 16 (q @ S, q @ k^T)
 
 
 def triton_available() -> bool:
@@ -89,16 +91,20 @@ def _interpreting() -> bool:
 
 
 def _resolve(backend: str | None, q: Tensor) -> str:
+    """The backend that runs a call on q [B, T, H, K] (only q's device and K are looked at)."""
     name = backend or _default_backend
     if name not in BACKENDS:
         raise ValueError(f"unknown retention backend {name!r}; choose one of {BACKENDS}")
     if name == "auto":
-        return "triton" if q.is_cuda and triton_available() else "reference"
+        return "triton" if q.is_cuda and triton_available() and q.shape[-1] >= MIN_TRITON_K else "reference"
     if name == "triton":
         if not triton_available():
             raise RuntimeError("the Triton retention backend needs the 'triton' package")
         if not q.is_cuda and not _interpreting():
             raise RuntimeError("the Triton retention backend needs CUDA tensors (or TRITON_INTERPRET=1)")
+        if q.is_cuda and q.shape[-1] < MIN_TRITON_K:  # the interpreter has no such limit (tests use it)
+            raise RuntimeError(f"the compiled Triton retention kernels need a key head dimension of at least "
+                               f"{MIN_TRITON_K}, not {q.shape[-1]}: use the 'auto' or 'reference' backend")
     return name
 
 
@@ -168,7 +174,7 @@ def retention_step(q, k, v, log_decay, state, backend=None) -> Tensor:
 
 
 __all__ = [
-    "BACKENDS", "set_backend", "get_backend", "triton_available",
+    "BACKENDS", "MIN_TRITON_K", "set_backend", "get_backend", "triton_available",
     "parallel_retention", "recurrent_retention", "chunk_retention", "retention_step",
     "chunk_lengths_for", "check_chunk_lengths",
     "naive_retention_parallel", "naive_retention_recurrent", "naive_retention_chunkwise", "naive_retention_step",

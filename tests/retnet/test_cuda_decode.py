@@ -233,7 +233,8 @@ from tests.helpers import make_model, rel_err, states_err
 ops.set_backend('triton')
 torch.set_grad_enabled(False)
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-model = make_model(seed=20, dtype=torch.float32, token_shift=True).to(dev)
+wide = dict(head_k_dim=16) if dev == 'cuda' else {}  # compiled kernels need K >= 16 (ops.MIN_TRITON_K)
+model = make_model(seed=20, dtype=torch.float32, token_shift=True, **wide).to(dev)
 state = model(torch.randint(0, 256, (2, 9), device=dev), mode='chunkwise').state
 dec = GraphDecoder(model, 2); dec.load(state)
 assert dec.plan.in_place_kernel
@@ -266,7 +267,7 @@ def test_decode_step_on_the_triton_kernel():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_replay_matches_the_eager_step():
-    model = make_model(seed=21, dtype=torch.float32, std=0.1).cuda()
+    model = make_model(seed=21, dtype=torch.float32, std=0.1, head_k_dim=16).cuda()
     ids = torch.randint(0, 256, (3, 40), device="cuda")
     for sampling in (dict(), dict(temperature=0.7, top_p=0.9, seed=1)):
         eager, s_eager = generate(model, ids, max_new_tokens=16, cuda_graph=False, **sampling)

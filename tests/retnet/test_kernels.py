@@ -213,6 +213,11 @@ def test_dispatch_rules(monkeypatch):
     # auto: reference on CPU, triton on CUDA.
     assert ops._resolve("auto", q) == ("triton" if ON_GPU else "reference")
     assert ops._resolve(None, torch.zeros(1)) in ("reference", "triton")
+    if ON_GPU:  # compiled kernels need K >= 16: auto hands narrow heads to the reference, triton refuses them
+        narrow = q[..., : ops.MIN_TRITON_K - 1].cuda()
+        assert ops._resolve("auto", narrow) == "reference"
+        with pytest.raises(RuntimeError, match="key head dimension"):
+            ops._resolve("triton", narrow)
     monkeypatch.setattr(ops, "_default_backend", "auto")
     ops.set_backend("reference")
     assert ops.get_backend() == "reference" and ops._resolve(None, q) == "reference"
