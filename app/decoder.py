@@ -34,6 +34,21 @@ from .grounding import REFUSAL, REFUSAL_THRESHOLDS, Grounding, support
 from .types import Answer, Quote, Source, Timings, Usage
 
 
+class NoRefusalStart:
+    """Logits processor for free answers whose refusals the gate decides (``free_refusal="gate"``): the
+    first token may not be the refusal sentence's first token, so the model answers instead of refusing."""
+
+    def __init__(self, token_id: int):
+        self.token_id = token_id
+
+    def __call__(self, logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        if generated.shape[1]:
+            return logits
+        out = logits.clone()
+        out[:, self.token_id] = float("-inf")
+        return out
+
+
 class AnswerStream:
     """Iterate for text pieces as they are decoded. Afterwards: ``.text``, ``.answer`` (an Answer
     with sources), ``.stop_reason``, ``.token_ids``, ``.state``.
@@ -73,6 +88,7 @@ class AnswerStream:
         self.grounding: Grounding | None = None
         self._check_logprob: float | None = None  # the threshold for the quote's mean log-prob, if that decides
         self._refuse_first = False
+        self._no_refusal: NoRefusalStart | None = None  # free answers whose refusal the gate decides
         if opts is not None and opts.grounded and self.sources:
             stops = reader.stops
             self.grounding = Grounding.for_sources(reader.tokenizer, self.sources, stops.end_token_id,
@@ -86,6 +102,12 @@ class AnswerStream:
                     self._refuse_first = support(question, self.sources) < threshold
                 else:
                     self._check_logprob = threshold
+        elif opts is not None and self.sources and opts.refuse and opts.free_refusal == "gate":
+            threshold = opts.refusal_threshold
+            if threshold is None:
+                threshold = REFUSAL_THRESHOLDS["support"]
+            self._refuse_first = support(question, self.sources) < threshold
+            self._no_refusal = NoRefusalStart(reader.encode(REFUSAL)[0])
         self._gen = self._run()
 
     # -- iteration -----------------------------------------------------------------------------
@@ -109,7 +131,8 @@ class AnswerStream:
             yield self.text
             return
         grounding = self.grounding
-        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg, logits_processor=grounding)
+        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg,
+                          logits_processor=grounding if grounding is not None else self._no_refusal)
         # A refusal replaces the answer in the state too: keep the state from before it.
         self._before = self.state.clone() if self._check_logprob is not None else None
         held: list[str] = []

@@ -42,6 +42,10 @@ class AnswerOptions:
     refuse: bool = True  # grounded: answer app.prompt.REFUSAL when the refusal score is below the threshold
     refusal_score: str = "support"  # "support" (question terms found in the passages) or "logprob" (app.grounding)
     refusal_threshold: float | None = None  # None: the score's calibrated threshold (app.grounding.REFUSAL_THRESHOLDS)
+    # Free answers: who refuses. "model": the model may write the refusal sentence itself (no gate);
+    # "gate": the "support" gate refuses before decoding and the model may not begin the refusal sentence
+    # (a reader that refuses when unsure, as the SmolLM2 reader does, answers instead).
+    free_refusal: str = "model"
 
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout not in ALL_LAYOUTS:
@@ -52,6 +56,8 @@ class AnswerOptions:
             raise ValueError(f"k must be >= 0, got {self.k}")
         if self.refusal_score not in ("support", "logprob"):  # app.grounding.REFUSAL_SCORES (imports torch)
             raise ValueError(f"refusal_score must be 'support' or 'logprob', got {self.refusal_score!r}")
+        if self.free_refusal not in ("model", "gate"):
+            raise ValueError(f"free_refusal must be 'model' or 'gate', got {self.free_refusal!r}")
         if self.grounded_min_tokens < 1:
             raise ValueError(f"grounded_min_tokens must be >= 1, got {self.grounded_min_tokens}")
         if self.grounded_free_tokens < 0:

@@ -331,3 +331,44 @@ def test_quotes_start_after_whitespace_so_options_are_quoted_whole(special_tok):
         assert allowed[ids_of(special_tok, ch)[0]], ch
     for ch in "sek)":  # inside a word, the "k" of "-k", a closing bracket
         assert not allowed[ids_of(special_tok, ch)[0]], ch
+
+
+# -- free answers whose refusals the gate decides (AnswerOptions.free_refusal) ---------------------------
+def test_free_answer_refused_by_the_gate_before_decoding(special_model, special_tok, monkeypatch):
+    question = "How do I split tmux windows?"  # no term of it in the passage: support 0
+    reader = Reader(special_model, special_tok, grounded=False, free_refusal="gate", refusal_threshold=0.5,
+                    max_new_tokens=8)
+    calls = scripted_tokens(monkeypatch, ids_of(special_tok, "The -k option"))
+    stream = stream_for(reader, [src(GZIP)], question=question)
+    assert list(stream) == [REFUSAL] and stream.answer.refused and calls["n"] == 0
+    assert _same_state(stream.state, _state_after_refusal(special_model, special_tok, question, [src(GZIP)]))
+
+
+@pytest.mark.parametrize("who", ["model", "gate"])
+def test_the_gate_keeps_the_model_from_beginning_the_refusal(special_model, special_tok, who, monkeypatch):
+    import retnet.generation as G
+
+    first = special_tok.encode(REFUSAL).ids[0]
+    real, seen = G.next_token, []
+
+    def recording(logits, cfg, generated=None, generator=None):
+        seen.append(float(logits[0, first]))
+        return real(logits, cfg, generated, generator)
+
+    monkeypatch.setattr(G, "next_token", recording)
+    reader = Reader(special_model, special_tok, grounded=False, free_refusal=who, refusal_threshold=0.5,
+                    max_new_tokens=4)
+    # the same question the gate refuses above: with "model" it is decoded, and the refusal may begin
+    stream = stream_for(reader, [src(GZIP)], question="What keeps the input?" if who == "gate" else
+                        "How do I split tmux windows?")
+    list(stream)
+    assert not stream.answer.refused and len(seen) >= 2
+    assert (seen[0] == float("-inf")) == (who == "gate")
+    assert all(s > float("-inf") for s in seen[1:])  # only the first token is barred
+
+
+def test_free_refusal_must_be_model_or_gate():
+    from app.options import AnswerOptions
+
+    with pytest.raises(ValueError, match="free_refusal"):
+        AnswerOptions(free_refusal="never")
