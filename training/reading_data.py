@@ -42,6 +42,9 @@ from app.prompt import REFUSAL  # the app's one refusal sentence (app.prompt nee
 from training.uptrain_data import PASSAGE_CHARS, chatml, is_dict, read_docs
 
 ROW_LEN = 2049  # tokens per training row (2048 inputs + 1)
+# Reverse questions (description -> option, function, word) where the fact allows one. Stage 4 (0.35) read
+# them worst (held-out exact 0-16%) while the dev set asks mostly how-to questions of this kind.
+REVERSE_SHARE = 0.35
 SOURCES_MD = Path(__file__).resolve().parent.parent / "data" / "eval" / "SOURCES.md"
 
 VERBS = set("""use specify print display show set make read write list output ignore keep force suppress remove
@@ -363,9 +366,9 @@ class Library:
 
 
 def make_turn(lib: Library, f: Fact, rng: random.Random, answerable: bool, question: str | None = None,
-              allow_reverse: bool = True) -> Turn | None:
+              allow_reverse: bool = True, reverse_share: float = REVERSE_SHARE) -> Turn | None:
     size = rng.randint(PASSAGE_CHARS // 2, PASSAGE_CHARS)
-    rev = reverse(f, rng) if allow_reverse and rng.random() < 0.35 else None
+    rev = reverse(f, rng) if allow_reverse and rng.random() < reverse_share else None
     q, a = rev if rev else (question or forward(f, rng), f.answer)
     must = [f.answer] + ([f.anchor] if rev and f.kind == "man_option" else [])
     # What must not be in a distractor: the answer, and for man options the option's own spellings.
@@ -419,7 +422,8 @@ def collect_facts(docs: list[dict], rng: random.Random, dict_cap: int) -> dict[s
 
 
 def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusal_share: float = 0.22,
-                   session_share: float = 0.3, dict_cap: int = 20000) -> list[list[Turn]]:
+                   session_share: float = 0.3, dict_cap: int = 20000,
+                   reverse_share: float = REVERSE_SHARE) -> list[list[Turn]]:
     lib = Library(docs)
     facts = collect_facts(docs, rng, dict_cap)
     siblings: dict[str, list[Fact]] = {}
@@ -443,7 +447,7 @@ def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusa
         first = None
         for _ in range(20):
             f = next_fact()
-            first = make_turn(lib, f, rng, answerable=answerable)
+            first = make_turn(lib, f, rng, answerable=answerable, reverse_share=reverse_share)
             if first is not None:
                 break
         if first is None:
@@ -461,7 +465,7 @@ def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusa
                                       allow_reverse=False)
                     else:
                         nxt = next_fact()
-                        t = make_turn(lib, nxt, rng, answerable)
+                        t = make_turn(lib, nxt, rng, answerable, reverse_share=reverse_share)
                     if t is not None:
                         break
                 if t is None:
@@ -512,7 +516,8 @@ def pack_rows(sessions: list[tuple[list[int], list[int]]], eos: int, row_len: in
 
 
 def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: int, n_eval: int,
-          text_tokens: int, seed: int, refusal_share: float = 0.22) -> dict:
+          text_tokens: int, seed: int, refusal_share: float = 0.22,
+          reverse_share: float = REVERSE_SHARE) -> dict:
     from retnet.convert.llama_gguf import gguf_tokenizer
 
     tok = gguf_tokenizer(gguf)
@@ -524,8 +529,9 @@ def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: i
     def load(name):
         return [d for d in read_docs(corpus / name) if allowed(d, corpus_pk, dev)]
 
-    train_s = build_sessions(load("train.jsonl.gz"), n_train, rng, refusal_share)
-    eval_s = build_sessions(load("eval.jsonl.gz"), n_eval, random.Random(seed + 1), refusal_share)
+    train_s = build_sessions(load("train.jsonl.gz"), n_train, rng, refusal_share, reverse_share=reverse_share)
+    eval_s = build_sessions(load("eval.jsonl.gz"), n_eval, random.Random(seed + 1), refusal_share,
+                            reverse_share=reverse_share)
     train_tok = [tokenize_session(tok, s) for s in train_s]
     rows, mask = pack_rows(train_tok, eos, ROW_LEN, rng)
     eval_tok = [tokenize_session(tok, s) for s in eval_s]
@@ -591,10 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-sessions", type=int, default=320)
     ap.add_argument("--text-tokens", type=int, default=1_500_000)
     ap.add_argument("--refusal-share", type=float, default=0.22)
+    ap.add_argument("--reverse-share", type=float, default=REVERSE_SHARE,
+                    help="share of turns asked in reverse where the fact allows it (description -> name: the "
+                         "dev set's how-to questions)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     print(json.dumps(build(args.corpus, args.gguf, args.out, args.text, args.sessions, args.eval_sessions,
-                           args.text_tokens, args.seed, args.refusal_share)))
+                           args.text_tokens, args.seed, args.refusal_share, args.reverse_share)))
     return 0
 
 

@@ -168,3 +168,12 @@ def test_no_dev_set_package():
     assert not rd.allowed({"source_package": "zstd", "title": "zstd: compress"}, corpus | {"zstd"}, dev)
     assert not rd.allowed({"source_package": "manpages", "title": "nano: an editor"}, corpus, dev)
     assert not rd.allowed({"source_package": "not-in-corpus", "title": "x"}, corpus, dev)
+
+
+def test_reverse_share_sets_how_many_turns_are_asked_in_reverse():
+    def share(value):
+        turns = [t for s in rd.build_sessions(_docs(), 300, random.Random(5), reverse_share=value) for t in s]
+        return sum(t.reverse for t in turns) / len(turns)
+
+    none, some, most = share(0.0), share(rd.REVERSE_SHARE), share(0.9)
+    assert none == 0.0 and 0.0 < some < most
