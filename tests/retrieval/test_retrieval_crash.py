@@ -54,14 +54,12 @@ def _check_on_disk(collection_dir: Path) -> dict:
     return state
 
 
-def _run_worker(
-    data_dir: Path, first: Path, second: Path, kill_after: float | None, checkpoint: float = 0
-) -> tuple[str, float]:
+def _run_script(code: str, args: list, kill_after: float | None) -> tuple[str, float]:
+    """Run a worker script that prints "ready" then "done"; SIGKILL it ``kill_after`` s after "ready"
+    (None: let it finish). Returns ("finished" | "killed", seconds from "ready")."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(data_dir), str(first), str(second), str(checkpoint)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "ready"
         ready = time.monotonic()
@@ -77,6 +75,12 @@ def _run_worker(
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def _run_worker(
+    data_dir: Path, first: Path, second: Path, kill_after: float | None, checkpoint: float = 0
+) -> tuple[str, float]:
+    return _run_script(_WORKER, [data_dir, first, second, checkpoint], kill_after)
 
 
 def test_kill_during_ingest_at_random_points(tmp_path):
@@ -200,26 +204,7 @@ def edition(i: int, n: int) -> str:
 
 
 def _run_update_worker(data_dir: Path, folder: Path, kill_after: float | None, checkpoint: float) -> tuple[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _UPDATE_WORKER, str(data_dir), str(folder), str(checkpoint), _EDITION],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        if kill_after is None:
-            assert proc.stdout.readline().strip() == "done"
-            return "finished", time.monotonic() - started
-        time.sleep(kill_after)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        return ("finished" if "done" in proc.stdout.read() else "killed"), kill_after
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+    return _run_script(_UPDATE_WORKER, [data_dir, folder, checkpoint, _EDITION], kill_after)
 
 
 def _check_versions(data_dir: Path, folder: Path, n_files: int) -> None:
