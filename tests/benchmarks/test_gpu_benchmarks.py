@@ -146,15 +146,50 @@ def test_train_and_prefill_benchmarks_run(tmp_path):
     assert ("rag", "retnet", "per passage") in seen and ("32k", "transformer", "sdpa, static cache") in seen
 
 
+def tiny_model_dir(path: Path) -> Path:
+    """A saved tiny RetNet with the layout's markers (as the app tests save one): no GGUF, no bundled model."""
+    from tests.app.app_testutil import special_tokenizer, tiny_model
+
+    tok = special_tokenizer()
+    tiny_model(vocab_size=tok.get_vocab_size(), seed=1).save_pretrained(path, tokenizer=tok)
+    return path
+
+
+@pytest.mark.slow  # a subprocess that imports the app: ~5 s
+def test_rag_loop_benchmark_reports_every_number(tmp_path):
+    model = tiny_model_dir(tmp_path / "tiny")
+    _run("rag_loop.py", tmp_path, "--model", str(model), "--embedder", "hash")
+    data = json.loads((tmp_path / "rag_loop_cpu_quick.json").read_text())
+    assert data["collection"]["passages"] > 0 and data["meta"]["questions"] == 3
+    [row] = data["models"]
+    for key in ("load_s", "first_ask_s", "threads", "state_bytes", "parameters", "quantization", "dtype"):
+        assert row[key] is not None, key
+    assert set(row["summary"]) == {"grounded", "free"}
+    for mode, s in row["summary"].items():
+        assert s["answers"] == 3, mode
+        for part in ("ttft_s", "retrieve_s", "prefill_s"):
+            assert all(isinstance(v, float) and v >= 0 for v in s[part].values()), (mode, part)
+        assert s["ttft_s"]["median"] > 0 and isinstance(s["decode_tokens_per_s"], float)
+    assert row["summary"]["free"]["decode_tokens_per_s"] > 0
+    [session] = row["sessions"]
+    assert len(session) >= 2 and all(t["ttft_s"] > 0 for t in session)
+    assert session[0]["context_tokens"] == 0 < session[1]["context_tokens"]  # the state keeps the first turn
+    text = (tmp_path / "rag_loop_cpu_quick.md").read_text()
+    assert "| model | weights | threads | load s |" in text and "## Multi-turn sessions" in text
+    assert text.count("| grounded |") == 1 and text.count("| free |") == 1
+
+
 @pytest.mark.slow
 def test_gpu_suite_script_runs_every_step_and_copies_results(tmp_path):
     quick = "--quick --device cpu"
+    model = tiny_model_dir(tmp_path / "tiny")
     env = {**os.environ, "RESULTS_DIR": str(tmp_path / "res"), "OUT": str(tmp_path / "out"),
            "DECODE_ARGS": f"{quick} --models retnet --batches 1 --state-dtypes float32", "TRAIN_ARGS": quick,
-           "PREFILL_ARGS": f"{quick} --cases rag"}
+           "PREFILL_ARGS": f"{quick} --cases rag", "RAG_LOOP_ARGS": f"{quick} --model {model} --embedder hash"}
     out = subprocess.run(["bash", str(BENCH / "gpu_suite.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     copied = {p.name for p in (tmp_path / "out" / "results").iterdir()}
-    assert {"decode_cpu_quick.md", "train_cpu_quick.json", "prefill_cpu_quick.md", "gpu_suite.log"} <= copied
+    assert {"decode_cpu_quick.md", "train_cpu_quick.json", "prefill_cpu_quick.md", "rag_loop_cpu_quick.md",
+            "gpu_suite.log"} <= copied
     assert "failed: none" in out.stdout
