@@ -34,6 +34,11 @@ from .grounding import REFUSAL, REFUSAL_THRESHOLDS, Grounding, support
 from .types import Answer, Quote, Source, Timings, Usage
 
 
+def _refusal_threshold(opts, score: str) -> float:
+    """The threshold below which ``score`` refuses: the options' own, else the calibrated one."""
+    return REFUSAL_THRESHOLDS[score] if opts.refusal_threshold is None else opts.refusal_threshold
+
+
 class NoRefusalStart:
     """Logits processor for free answers whose refusals the gate decides (``free_refusal="gate"``): the
     first token may not be the refusal sentence's first token, so the model answers instead of refusing."""
@@ -95,18 +100,13 @@ class AnswerStream:
                                                    sorted(stops.stop_token_ids), opts.grounded_free_tokens,
                                                    opts.grounded_min_tokens)
             if self.grounding is not None and opts.refuse:
-                threshold = opts.refusal_threshold
-                if threshold is None:
-                    threshold = REFUSAL_THRESHOLDS[opts.refusal_score]
+                threshold = _refusal_threshold(opts, opts.refusal_score)
                 if opts.refusal_score == "support":
                     self._refuse_first = support(question, self.sources) < threshold
                 else:
                     self._check_logprob = threshold
         elif opts is not None and self.sources and opts.refuse and opts.free_refusal == "gate":
-            threshold = opts.refusal_threshold
-            if threshold is None:
-                threshold = REFUSAL_THRESHOLDS["support"]
-            self._refuse_first = support(question, self.sources) < threshold
+            self._refuse_first = support(question, self.sources) < _refusal_threshold(opts, "support")
             self._no_refusal = NoRefusalStart(reader.encode(REFUSAL)[0])
         self._gen = self._run()
 

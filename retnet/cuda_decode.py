@@ -288,9 +288,9 @@ class GraphDecoder:
             buf.copy_(t, non_blocking=True)
 
     def acquire(self, loop) -> None:
-        """Make the buffers hold `loop`'s state (``loop._state``); afterwards ``loop._state`` is backed by
+        """Make the buffers hold `loop`'s state (``loop.state``); afterwards ``loop.state`` is backed by
         them. Whoever owned them before gets its state (and logits) copied out first."""
-        current = loop._state
+        current = loop.state
         if current is self._owner and current is not None:
             return
         self._evict()
@@ -299,7 +299,7 @@ class GraphDecoder:
         self.load(current)
         view = RetentionState(list(self.layers), self.offsets, current.fingerprint,
                               list(self.last_inputs) if self.last_inputs is not None else None)
-        loop._state = view
+        loop.state = view
         self._owner, self._owner_loop = view, weakref.ref(loop)
 
     def _evict(self) -> None:

@@ -145,7 +145,7 @@ class DecodeLoop:
                  generator: torch.Generator | None = None,
                  logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None, *,
                  cuda_graph: bool | None = None, state_dtype: torch.dtype | str | None = None):
-        self.model, self.logits, self._state, self.cfg = model, logits, state, cfg
+        self.model, self.logits, self.state, self.cfg = model, logits, state, cfg
         self.generator = generator if generator is not None else make_generator(cfg, logits.device)
         self.generated = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)
         # (logits [B, vocab], generated [B, n]) -> logits to sample from, e.g. a mask of allowed tokens;
@@ -155,14 +155,6 @@ class DecodeLoop:
         self._wants_decoder = cuda_decode.wants_decoder(model, cuda_graph)
         self._state_dtype = cuda_decode.resolve_state_dtype(state_dtype)
         self._logits_static = False  # self.logits is the decoder's output buffer (see GraphDecoder._evict)
-
-    @property
-    def state(self) -> RetentionState:
-        return self._state
-
-    @state.setter
-    def state(self, value: RetentionState) -> None:
-        self._state = value  # the next read starts from it
 
     def sample(self) -> Tensor:
         if self._decoder is None:
@@ -181,9 +173,9 @@ class DecodeLoop:
             self._decoder = cuda_decode.decoder_for(self.model, tokens.shape[0], self._state_dtype)
         dec = self._decoder
         if dec is None:
-            step = self.model(tokens[:, None], state=self._state, mode="recurrent",
+            step = self.model(tokens[:, None], state=self.state, mode="recurrent",
                               attention_mask=None if mask is None else mask[:, None])
-            self.logits, self._state = step.logits[:, -1], step.state
+            self.logits, self.state = step.logits[:, -1], step.state
         else:
             with dec.lock:
                 dec.acquire(self)
