@@ -28,7 +28,10 @@ each of the V / BV programs of a head; which is faster depends on K (see
 `_config`). Keys wider than 256 are cut into two slices of at most 256 columns,
 each run as its own scan (o is linear in the slices: q S = q0 S0 + q1 S1); the
 first writes a float32 partial output that the second adds to. That keeps every
-dot operand at most 256 wide, which Triton 3.6 compiles reliably.
+dot operand at most 256 wide, which Triton 3.6 compiles reliably. Compiled tl.dot
+also wants every inner dimension >= 16 (`MIN_DOT_K`): narrow K slices are padded to
+16 columns (masked loads read zeros), and tiles of fewer than 16 tokens are refused
+(`check_config`).
 
 Backward as three more retentions
 ---------------------------------
@@ -72,10 +75,33 @@ CONFIG_OVERRIDE: dict = {}
 # The compiled kernel of the latest scan launch (registers, spills, shared memory), for benchmarks.
 LAST_LAUNCH: dict = {}
 MAX_SLICE = 256  # widest K handled by one scan; wider keys take two
+# Compiled tl.dot needs every inner (reduction) dimension >= 16 (Triton 3.6 on NVIDIA GPUs, any 16/32/64-bit
+# dtype; the interpreter has no limit). The scan's inner dimensions are BK (q @ S, q @ k^T) and BT (P @ v,
+# k^T @ v); the scores kernel's is BKC. BK and BKC are padded up to it (masked loads give zero columns);
+# BT comes from the config, and `check_config` refuses one below it.
+MIN_DOT_K = 16
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _block(n: int) -> int:
+    """A power-of-two block covering n columns that is also a valid tl.dot inner dimension."""
+    return max(MIN_DOT_K, triton.next_power_of_2(n))
+
+
+def check_config(cfg: dict) -> dict:
+    """Refuse scan settings that compiled Triton cannot build: BT (tokens per tile, an inner dimension
+    of two dots) a power of two >= MIN_DOT_K, BV (state columns per program) a power of two. Checked
+    under the interpreter too, so CPU tests refuse what the GPU would."""
+    BT, BV = cfg.get("BT"), cfg.get("BV")
+    if not isinstance(BT, int) or BT < MIN_DOT_K or BT & (BT - 1):
+        raise ValueError(f"retention scan config {cfg}: BT must be a power of two >= {MIN_DOT_K} "
+                         f"(compiled tl.dot needs inner dimensions of at least {MIN_DOT_K}), got {BT!r}")
+    if not isinstance(BV, int) or BV < 1 or BV & (BV - 1):
+        raise ValueError(f"retention scan config {cfg}: BV must be a power of two, got {BV!r}")
+    return cfg
 
 
 @triton.jit
@@ -254,7 +280,7 @@ def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
         BV = max(16, min(triton.next_power_of_2(DV), 16384 // BK))
         cfg = dict(BT=64, BV=BV, num_warps=8 if BK * BV >= 16384 else 4, num_stages=2)
     cfg.setdefault("inline", True)
-    return cfg
+    return check_config(cfg)
 
 
 def _launch_scan(args, flags, cfg, BH, key):
@@ -292,7 +318,7 @@ def retention_scores(q, k, log_decay, BT, reverse=False):
         return P
     _scores_kernel[(NT, B * H)](
         q, k, P, g, T, NT, H, q.stride(2),
-        DK=DK, BT=BT, BKC=min(64, triton.next_power_of_2(DK)), REVERSE=reverse,
+        DK=DK, BT=BT, BKC=min(64, _block(DK)), REVERSE=reverse,
         num_warps=4, num_stages=2, **_flags(q.dtype))
     return P
 
@@ -346,7 +372,7 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
             st_s if st_s is not None else dummy, *(st_s.stride()[:2] if st_s is not None else (0, 0)),
             T, NT, H, DK,
         )
-        flags = dict(DK=e - s, DV=DV, BK=triton.next_power_of_2(e - s), BT=BT, SCORES=mode, ADD_O=not first,
+        flags = dict(DK=e - s, DV=DV, BK=_block(e - s), BT=BT, SCORES=mode, ADD_O=not first,
                      HAS_INIT=s0 is not None, STORE_FINAL=st_s is not None, REVERSE=reverse, **_flags(q.dtype))
         _launch_scan(args, flags, cfg, B * H, (e - s, DV, q.dtype))
     return o, st, (scores if want_scores else None)

@@ -7,6 +7,10 @@ shorter and longer than the tile, with and without an initial state. Forward
 outputs, final states and the gradients of q, k, v and the initial
 state are compared in float64 (to rounding) and float32; bf16/fp16 inputs get
 loose tolerances. On a machine with CUDA they run on the GPU instead.
+
+The interpreter accepts any tl.dot shape; compiled Triton (3.6, NVIDIA) wants every inner dimension
+>= 16. The `_compiled_dot_limits` fixture (conftest.py) makes the interpreter refuse what the GPU would refuse, so
+a tiling that cannot compile fails here on CPU too.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from retnet.ops import reference, triton_chunk, triton_decode  # noqa: E402
 DEV = "cuda" if ON_GPU else "cpu"
 
 pytestmark = pytest.mark.slow  # the Triton interpreter on CPU
+
 
 
 def log_decay(H, dtype=torch.float64, fast=False):
@@ -129,7 +134,8 @@ def test_output_independent_of_chunk_layout():
     # (K, V) settings for the forward and dv runs, (V, K) ones for the dq and dk runs.
     (16, 40, 256, dict(BT=32, BV=16, num_warps=4, num_stages=2, inline=False),
      dict(BT=32, BV=8, num_warps=4, num_stages=2, inline=True)),
-    # Keys wider than one slice: two scans, the second adding to the first's float32 output.
+    # Keys wider than one slice: two scans, the second adding to the first's float32 output. The second
+    # slices are 4 (K) and 8 (V) columns wide, padded to 16-wide dot operands.
     (20, 24, 16, dict(BT=64, BV=64, num_warps=4, num_stages=2),
      dict(BT=16, BV=16, num_warps=4, num_stages=2, inline=False)),
 ])
@@ -153,6 +159,54 @@ def test_other_tile_shapes(K, V, max_slice, cfg, cfg_t, monkeypatch):
         g2 = torch.autograd.grad(want[0].sum() + want[1].sum(), (q, k, v, s0))
         for a, b in zip(g1, g2, strict=True):
             assert rel(a, b) < 1e-12
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the interpreter's emulation; the GPU enforces its own limits")
+def test_compiled_dot_limits_are_emulated():
+    """The fixture must make the interpreter refuse a dot with an 8-wide inner dimension."""
+    import triton
+    import triton.language as tl
+    from triton.runtime.errors import InterpreterError
+
+    @triton.jit
+    def gram(x_ptr, y_ptr, N: tl.constexpr):
+        x = tl.load(x_ptr + tl.arange(0, 16)[:, None] * N + tl.arange(0, N)[None, :])
+        tl.store(y_ptr + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :], tl.dot(x, tl.trans(x)))
+
+    x, y = torch.randn(16, 16, device=DEV), torch.empty(16, 16, device=DEV)
+    gram[(1,)](x, y, N=16)
+    with pytest.raises(InterpreterError, match="K >= 16"):
+        gram[(1,)](x[:, :8].contiguous(), y, N=8)
+
+
+def test_block_widths_are_valid_dot_dimensions():
+    assert [triton_chunk._block(n) for n in (1, 4, 8, 16, 20, 256)] == [16, 16, 16, 16, 32, 256]
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (dict(BT=8, BV=16), "BT must be a power of two >= 16"),
+    (dict(BT=48, BV=16), "BT must be a power of two"),
+    (dict(BT=64, BV=24), "BV must be a power of two"),
+    (dict(BV=16), "BT"),
+])
+def test_invalid_tile_configs_are_refused(cfg, match, monkeypatch):
+    with pytest.raises(ValueError, match=match):
+        triton_chunk.check_config(cfg)
+    # The same refusal, before anything compiles, for a config asked for through CONFIG_OVERRIDE.
+    monkeypatch.setitem(triton_chunk.CONFIG_OVERRIDE, (16, 16, torch.float64), cfg)
+    q, k, v, _ = inputs(1, 20, 1, 16, 16, torch.float64)
+    with pytest.raises(ValueError, match=match):
+        triton_chunk.retention_fwd(q, k, v, log_decay(1))
+
+
+def test_default_tile_configs_are_valid(monkeypatch):
+    monkeypatch.setattr(triton_chunk, "CONFIG_OVERRIDE", {})
+    for interpret in ("0", "1"):
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+            for DK in (1, 4, 16, 20, 64, 128, 200, 256):
+                for DV in (1, 8, 24, 64, 512):
+                    assert triton_chunk._config(DK, DV, dtype)["BT"] >= triton_chunk.MIN_DOT_K
 
 
 def test_too_wide_keys_are_refused(monkeypatch):
