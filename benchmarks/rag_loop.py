@@ -43,6 +43,8 @@ from app import MultiDocQA
 from app.defaults import DEFAULT_CACHE_BYTES, DEFAULT_K, make_embedder
 from app.encoder import Reader, load_model
 from app.options import AnswerOptions
+from retnet import RetNetConfig, RetNetForCausalLM
+from retnet.checkpoint import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = [ROOT / "data" / "model", ROOT / "data" / "readers" / "smollm2-135m-retnet"]
@@ -81,6 +83,20 @@ def build_collection(files: list[Path], data_dir: Path, embedder: str):
 
 
 # -- one model --------------------------------------------------------------------------------------------
+
+def random_model_dir(preset: str, folder: Path, like: Path = DEFAULT_MODELS[0]) -> Path:
+    """A model directory with random weights of a ``RetNetConfig`` preset (e.g. the paper's "1.3b") and the
+    tokenizer of ``like``, saved in bf16: the app's loop at that shape. Its answers are noise; its
+    timings are what a trained model of that shape would take."""
+    tok = load_tokenizer(like)
+    if tok is None:
+        raise SystemExit(f"--preset needs a tokenizer: {like} has no tokenizer.json")
+    special = {k: v for k, v in json.loads((like / "config.json").read_text()).items() if k.endswith("_token_id")}
+    cfg = RetNetConfig.from_preset(preset, vocab_size=tok.get_vocab_size(), **special)
+    out = folder / f"random-{preset}"
+    RetNetForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out, tokenizer=tok)
+    return out
+
 
 def weights(model) -> int:
     """Parameters plus int8 weights (retnet.quantize keeps those as buffers)."""
@@ -129,7 +145,8 @@ def new_qa(col, model, tok, args, mode: str) -> MultiDocQA:
 def bench_model(path: Path, col, singles: list[str], sessions: list[list[str]], args) -> dict:
     torch.set_num_threads(args.start_threads)  # as in a fresh process: the last model's choice must not carry over
     model, tok, info = load(path, args)
-    info["model"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    info["model"] = (str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
+                     else f"{path.name} (random weights)" if path.name.startswith("random-") else str(path))
     warm = new_qa(col, model, tok, args, "grounded")
     info["threads"] = torch.get_num_threads()  # after MultiDocQA applied --threads (0: the app's choice)
     info["first_ask_s"] = warm.ask(singles[0]).timings.first_token_s
@@ -247,6 +264,8 @@ def short_name(device_name: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, action="append", help="model directory (repeatable)")
+    ap.add_argument("--preset", action="append", default=[],
+                    help="also a random-weights model of this RetNetConfig preset (e.g. 1.3b), repeatable")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="weights on CUDA")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the app's automatic choice)")
@@ -277,7 +296,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rag_loop_") as tmp:
         col, res["collection"] = build_collection(files, Path(tmp), args.embedder)
         try:
-            for path in args.model or DEFAULT_MODELS:
+            models = args.model or ([] if args.preset else DEFAULT_MODELS)
+            models += [random_model_dir(p, Path(tmp)) for p in args.preset]
+            for path in models:
                 res["models"].append(bench_model(path, col, singles, sessions, args))
         finally:
             col.close()

@@ -179,6 +179,20 @@ def test_rag_loop_benchmark_reports_every_number(tmp_path):
     assert text.count("| grounded |") == 1 and text.count("| free |") == 1
 
 
+@pytest.mark.slow  # a subprocess that imports the app: ~5 s
+def test_rag_loop_benchmark_runs_a_random_preset_at_its_shape(tmp_path):
+    from retnet import RetNetConfig, RetNetForCausalLM
+    from retnet.checkpoint import load_tokenizer
+
+    _run("rag_loop.py", tmp_path, "--preset", "tiny", "--embedder", "hash", "--modes", "free")
+    [row] = json.loads((tmp_path / "rag_loop_cpu_quick.json").read_text())["models"]
+    assert row["model"] == "random-tiny (random weights)"
+    vocab = load_tokenizer(ROOT / "data" / "model").get_vocab_size()  # the bundled tokenizer
+    cfg = RetNetConfig.from_preset("tiny", vocab_size=vocab)
+    assert row["parameters"] == sum(p.numel() for p in RetNetForCausalLM(cfg).parameters())
+    assert row["state_bytes"] == cfg.state_bytes() and row["summary"]["free"]["answers"] == 3
+
+
 @pytest.mark.slow
 def test_gpu_suite_script_runs_every_step_and_copies_results(tmp_path):
     quick = "--quick --device cpu"
