@@ -15,8 +15,8 @@ are held until the character is complete.
 With ``AnswerOptions.grounded`` (and passages to quote) the loop samples under
 ``app.grounding.Grounding``'s mask and the answer carries its quotes. With
 ``refuse`` a weak answer is ``REFUSAL`` and the state reads that sentence
-instead: decided before decoding for the "support" score, after it for "logprob" (whose
-pieces are held until then).
+instead: decided before decoding for the "evidence" and "support" scores, after it for "logprob"
+(whose pieces are held until then).
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ class AnswerStream:
                  sources: Sequence[Source] = (), sampling: SamplingConfig | None = None,
                  stop_strings: Sequence[str] | None = None, usage: Usage | None = None,
                  timings: Timings | None = None, started: float | None = None,
-                 on_finish: Callable[[AnswerStream], None] | None = None, lock=None):
+                 on_finish: Callable[[AnswerStream], None] | None = None, lock=None,
+                 evidence: Callable[[str, Sequence[Source]], float | None] | None = None,
+                 gate_text: str | None = None):
         self.reader = reader
         self.state = state
         self.key = key
         self.question = question
+        # What the refusal gate scores: a session passes its search text, so a follow-up ("and for
+        # directories?") is judged with the conversation's terms, as its passages were found.
+        self.gate_text = question if gate_text is None else gate_text
         self.sources = list(sources)
         self.cfg = sampling or reader.sampling_config()
         self.stop_strings = [s for s in (reader.stops.stop_strings if stop_strings is None else stop_strings) if s]
@@ -100,15 +105,26 @@ class AnswerStream:
                                                    sorted(stops.stop_token_ids), opts.grounded_free_tokens,
                                                    opts.grounded_min_tokens)
             if self.grounding is not None and opts.refuse:
-                threshold = _refusal_threshold(opts, opts.refusal_score)
-                if opts.refusal_score == "support":
-                    self._refuse_first = support(question, self.sources) < threshold
+                if opts.refusal_score == "logprob":
+                    self._check_logprob = _refusal_threshold(opts, "logprob")
                 else:
-                    self._check_logprob = threshold
+                    self._refuse_first = self._gate_refuses(opts, evidence)
         elif opts is not None and self.sources and opts.refuse and opts.free_refusal == "gate":
-            self._refuse_first = support(question, self.sources) < _refusal_threshold(opts, "support")
+            self._refuse_first = self._gate_refuses(opts, evidence)
             self._no_refusal = NoRefusalStart(reader.encode(REFUSAL)[0])
         self._gen = self._run()
+
+    def _gate_refuses(self, opts, evidence) -> bool:
+        """The refusal decided before decoding: by the "evidence" score (app.evidence) where the caller
+        gives a scorer that has a calibration for its embedder, else by "support" at its calibrated
+        threshold (an "evidence" threshold means nothing on the support scale)."""
+        text = self.gate_text
+        if opts.refusal_score == "evidence":
+            score = evidence(text, self.sources) if evidence is not None else None
+            if score is not None:
+                return score < _refusal_threshold(opts, "evidence")
+            return support(text, self.sources) < REFUSAL_THRESHOLDS["support"]
+        return support(text, self.sources) < _refusal_threshold(opts, "support")
 
     # -- iteration -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:

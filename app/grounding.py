@@ -29,7 +29,13 @@ sentence (the dev-set scorer and the training data use it too), when its score i
 ``refusal_threshold`` (default: ``REFUSAL_THRESHOLDS``, calibrated on the dev set). ``refusal_score``
 picks the score:
 
-- ``"support"`` (default): the share of the question's content terms (``app.retrieve.terms``)
+- ``"evidence"`` (default): app.evidence's probability that the passages answer the question, from
+  "support" (below) and the embedder's cosine of the question and the closest retrieved sentence;
+  decided before decoding. Where the collection's embedder has no calibration (or the caller gives no
+  scorer), the "support" gate at its own threshold decides instead. On the dev set it refuses about
+  half of the unanswerable questions at 10% false refusals, "support" alone 17-43%
+  (benchmarks/results/refusal_signals.md);
+- ``"support"``: the share of the question's content terms (``app.retrieve.terms``)
   found in the passages read, decided before decoding, so streaming is unchanged. On the dev set
   (benchmarks/results/grounded_dev.md) it separates unanswerable from answerable questions about
   as well as the retrieval score, and unlike that score it does not change scale with the retriever
@@ -55,10 +61,11 @@ from .types import Quote, Source
 
 __all__ = ["REFUSAL", "REFUSAL_SCORES", "REFUSAL_THRESHOLDS", "Grounding", "PassageTokens", "is_refusal",
            "passage_tokens", "passages_from_turn", "support"]
-REFUSAL_SCORES = ("support", "logprob")
-# Calibrated on the dev set with the bundled model (benchmarks/grounded_dev.py): the highest refusal
-# recall with at most 10% false refusals.
-REFUSAL_THRESHOLDS = {"support": 0.625, "logprob": -7.26}
+REFUSAL_SCORES = ("evidence", "support", "logprob")
+# Calibrated on the dev set: the highest refusal recall with at most 10% false refusals ("support" and
+# "logprob" with the bundled model, benchmarks/grounded_dev.py; "evidence", a probability, by
+# benchmarks/refusal_signals.py for app.evidence's calibration).
+REFUSAL_THRESHOLDS = {"evidence": 0.706, "support": 0.625, "logprob": -7.26}
 
 
 def is_refusal(text: str) -> bool:

@@ -40,11 +40,13 @@ class AnswerOptions:
     grounded_free_tokens: int = 0  # tokens of connective text allowed outside quotes, per answer
     grounded_min_tokens: int = 16  # a quote ends no sooner than this many tokens (or its passage's end)
     refuse: bool = True  # grounded: answer app.prompt.REFUSAL when the refusal score is below the threshold
-    refusal_score: str = "support"  # "support" (question terms found in the passages) or "logprob" (app.grounding)
+    # "evidence" (app.evidence: question terms in the passages + the closest sentence's cosine; "support" where
+    # the embedder has no calibration), "support" (question terms found in the passages) or "logprob"
+    refusal_score: str = "evidence"
     refusal_threshold: float | None = None  # None: the score's calibrated threshold (app.grounding.REFUSAL_THRESHOLDS)
     # Free answers: who refuses. "model": the model may write the refusal sentence itself (no gate);
-    # "gate": the "support" gate refuses before decoding and the model may not begin the refusal sentence
-    # (a reader that refuses when unsure, as the SmolLM2 reader does, answers instead).
+    # "gate": the refusal gate ("evidence" or "support") refuses before decoding and the model may not begin
+    # the refusal sentence (a reader that refuses when unsure, as the SmolLM2 reader does, answers instead).
     free_refusal: str = "model"
 
     def __post_init__(self) -> None:
@@ -54,8 +56,8 @@ class AnswerOptions:
             raise ValueError(f"max_question_tokens must be positive, got {self.max_question_tokens}")
         if self.k < 0:
             raise ValueError(f"k must be >= 0, got {self.k}")
-        if self.refusal_score not in ("support", "logprob"):  # app.grounding.REFUSAL_SCORES (imports torch)
-            raise ValueError(f"refusal_score must be 'support' or 'logprob', got {self.refusal_score!r}")
+        if self.refusal_score not in ("evidence", "support", "logprob"):  # app.grounding.REFUSAL_SCORES
+            raise ValueError(f"refusal_score must be 'evidence', 'support' or 'logprob', got {self.refusal_score!r}")
         if self.free_refusal not in ("model", "gate"):
             raise ValueError(f"free_refusal must be 'model' or 'gate', got {self.free_refusal!r}")
         if self.grounded_min_tokens < 1:

@@ -42,9 +42,11 @@ class Session:
     """State + transcript + sources of one conversation. Not shared between threads (guarded by a lock)."""
 
     def __init__(self, reader, retriever: Retriever | None = None, *, k: int = DEFAULT_K, layout: str | None = None,
-                 instructions: str | None = None, documents: Any = None, name: str | None = None):
+                 instructions: str | None = None, documents: Any = None, name: str | None = None,
+                 evidence: Callable[[str, Sequence[Source]], float | None] | None = None):
         self.reader = reader
         self.retriever = retriever
+        self.evidence = evidence  # answerability of a turn's passages for the refusal gate (app.evidence)
         self.k = k
         self.layout = layout
         self.instructions = instructions
@@ -87,7 +89,8 @@ class Session:
             stream = AnswerStream(reader, ing.state, ing.logits, ing.key, question=q, sources=sources, sampling=cfg,
                                   stop_strings=stop_strings, usage=Usage(ing.prompt_tokens, ing.cached_tokens),
                                   timings=Timings(retrieve_s=retrieved - started, encode_s=ing.seconds),
-                                  started=started, on_finish=self._commit, lock=self._lock)
+                                  started=started, on_finish=self._commit, lock=self._lock, evidence=self.evidence,
+                                  gate_text=query)
             self._pending = stream
             return stream
 
@@ -131,7 +134,7 @@ class Session:
         with self._lock:
             self._settle()
             other = Session(self.reader, self.retriever, k=self.k, layout=self.layout, instructions=self.instructions,
-                            documents=self.documents, name=self.name)
+                            documents=self.documents, name=self.name, evidence=self.evidence)
             other.state, other.key = self.state.clone(), self.key
             other.turns = [Answer.from_dict(t.to_dict()) for t in self.turns]
             return other
