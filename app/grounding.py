@@ -75,14 +75,24 @@ def is_refusal(text: str) -> bool:
 
 def support(question: str, sources: Sequence[Any]) -> float:
     """The share of the question's content terms that occur (as substrings, any case: "file" finds
-    "files") in the passages' text; 1.0 for a question with no content terms."""
+    "files"; see ``_found`` for dotted names) in the passages' text; 1.0 for a question with no content
+    terms."""
     from .retrieve import terms
 
     wanted = terms(question)
     if not wanted:
         return 1.0
     text = "\n".join(getattr(s, "text", s) for s in sources).lower()
-    return sum(t in text for t in wanted) / len(wanted)
+    return sum(_found(t, text) for t in wanted) / len(wanted)
+
+
+def _found(term: str, text: str) -> bool:
+    """``term`` occurs in ``text``; a dotted name also by its last two or more parts: API references
+    write "zlib.Compress.copy" as "Compress.copy()" in the class's section."""
+    if term in text:
+        return True
+    parts = term.split(".")
+    return any(".".join(parts[i:]) in text for i in range(1, len(parts) - 1))
 
 
 _OPENERS = "([{<\"'`\u201c\u2018"

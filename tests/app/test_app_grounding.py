@@ -372,3 +372,12 @@ def test_free_refusal_must_be_model_or_gate():
 
     with pytest.raises(ValueError, match="free_refusal"):
         AnswerOptions(free_refusal="never")
+
+
+def test_support_finds_a_dotted_name_by_its_last_parts():
+    from app.grounding import support
+
+    text = "Compress.copy() returns a copy of the compression object."
+    assert support("what does zlib.Compress.copy() do", [src(text)]) == 1.0
+    assert support("what does zlib.copy do", [src(text)]) == 0.0  # one part alone is too common to count
+    assert support("what does zlib.Decompress.copy() do", [src(text)]) == 0.0
