@@ -14,7 +14,8 @@ For every single question and first conversation turn of the dev set (data/eval)
 - coverage: the largest share of the question's terms that one retrieved sentence holds.
 
 For each, and for logistic combinations, it reports the AUC (the chance an unanswerable question scores
-lower than an answerable one) and the refusal recall at a threshold chosen for at most 10% false refusals,
+lower than an answerable one), and the refusal recall, false refusals and precision (the share of refused
+questions that were unanswerable) at a threshold chosen for at most 10% false refusals,
 two-fold: fitted and thresholded on even question ids, measured on odd ones, and the other way round.
 Writes OUT/refusal_signals.md and .json.
 """
@@ -115,6 +116,7 @@ def evaluate(rows: list[dict]) -> list[dict]:
             refused = s_te >= t
             res["folds"].append({"fold": name, "auc": auc(y[test], s_te),
                                  "recall": float(refused[y[test] == 1].mean()),
+                                 "precision": float(y[test][refused].mean()) if refused.any() else float("nan"),
                                  "false_refusal": float(refused[y[test] == 0].mean())})
         out.append(res)
     return out
@@ -128,12 +130,13 @@ def report(rows: list[dict], results: list[dict], meta: dict) -> str:
              f"embedder `{meta['embedder']}`. Threshold: refuse at most {MAX_FALSE:.0%} of the answerable questions "
              "of the fitting half; measured on the other half (even / odd question ids). Target (issue 13): "
              "refuse >= 80% of unanswerable questions at <= 10% false refusals.", "",
-             "| signals | AUC even->odd | AUC odd->even | refusal recall | false refusals |",
-             "|---|---:|---:|---:|---:|"]
+             "| signals | AUC even->odd | AUC odd->even | refusal recall | false refusals | precision |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         a, b = r["folds"]
-        lines.append(f"| {r['signals']} | {a['auc']:.3f} | {b['auc']:.3f} | {a['recall']:.2f} / {b['recall']:.2f} | "
-                     f"{a['false_refusal']:.2f} / {b['false_refusal']:.2f} |")
+        pair = {key: f"{a[key]:.2f} / {b[key]:.2f}" for key in ("recall", "false_refusal", "precision")}
+        lines.append(f"| {r['signals']} | {a['auc']:.3f} | {b['auc']:.3f} | {pair['recall']} | "
+                     f"{pair['false_refusal']} | {pair['precision']} |")
     return "\n".join(lines) + "\n"
 
 
