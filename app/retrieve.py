@@ -33,6 +33,8 @@ import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from .prompt import REFUSAL
+
 DEFAULT_WEIGHT = 0.5
 DEFAULT_CANDIDATES = 40  # per retriever; dev set (benchmarks/results/retrieval_dev.md): 40 beat 20 and 60
 
@@ -161,7 +163,10 @@ def conversation_query(history: Sequence[tuple[str, str]], question: str, turns:
     extra: list[str] = []
     for q, _ in reversed(history[-turns:]):
         extra += [t for t in _ordered_terms(q) if t not in own and t not in extra][:CONTEXT_TERMS - len(extra)]
-    answer = [t for t in _ordered_terms(history[-1][1]) if t not in own and t not in extra]
+    last = history[-1][1]
+    # a refusal says nothing about the topic ("documents" would be searched for)
+    refused = " ".join(last.split()).lower() == REFUSAL.lower()
+    answer = [] if refused else [t for t in _ordered_terms(last) if t not in own and t not in extra]
     answer.sort(key=lambda t: not (t.startswith("-") or "." in t or "_" in t))  # stable: names first
     extra += answer[:ANSWER_TERMS]
     return " ".join([question, *extra])

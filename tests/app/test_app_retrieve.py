@@ -144,3 +144,13 @@ def test_session_searches_follow_ups_with_the_conversation(qa, monkeypatch):
     assert queries[0] == "What does the -r option of rsync do?"
     assert queries[1].startswith("and -n?") and "rsync" in queries[1] and "-r" in queries[1]
     assert queries[2] == "How does gzip compress files?"  # a new topic stands alone
+
+
+def test_a_refused_turn_adds_no_answer_terms_to_the_follow_up():
+    from app.prompt import REFUSAL
+
+    question = "and what if I want it to follow symlinks too?"
+    refused = [(TREE[0][0], REFUSAL)]
+    query = conversation_query(refused, question)
+    assert "tree" in query and "documents" not in query  # the earlier question counts, the refusal does not
+    assert "documents" in conversation_query([(TREE[0][0], "See the documents.")], question)  # a real answer does
