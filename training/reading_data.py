@@ -19,7 +19,12 @@ QA annotations (packages of `training/corpus/sources.py`; the dev set's packages
   acronym for a definition;
 - sessions of 2-3 turns (about `session_share` of the sessions): later turns have no system line,
   their own passages, and often lean on the previous turn ("and -v?", "what about Context.copy()?");
-- the loss mask is 1 on exactly the assistant tokens of every turn (answer text + its `<|im_end|>`).
+- the loss mask is 1 on exactly the assistant tokens of every turn (answer text + its `<|im_end|>`);
+- teacher questions (`--teacher-questions FILE.jsonl --teacher-share S`, off by default): a share S of
+  the answerable turns (first turns and fresh later turns) asks a question the teacher wrote about a
+  gold passage and answered again from it (`training/teacher_questions.py`, PAQ-style), with that
+  passage as gold among the usual distractors. With the share at 0 the output is byte-identical to
+  the builder without the option.
 
 Output (`--out`): `reading.npz` (train rows [N, row_len] uint16 + mask, held-out sessions from the
 corpus' eval split as flat tokens + per-token turn labels), `reading_meta.json` (held-out turn
@@ -81,6 +86,17 @@ class Turn:
     kind: str
     answerable: bool
     reverse: bool
+    teacher: bool = False  # the question is a teacher question (training/teacher_questions.py)
+
+
+@dataclass
+class TeacherQuestion:
+    """A kept record of training/teacher_questions.py, its fact rebuilt on the document it was written for."""
+    fact: Fact
+    passage: str
+    question: str
+    answer: str
+    reverse: bool  # kept because the teacher's answer named the fact's key: answered with the name
 
 
 # -- dev-set exclusion ----------------------------------------------------------------------------------
@@ -365,16 +381,21 @@ class Library:
         return out
 
 
+def _forbidden(f: Fact) -> list[str]:
+    """What must not be in a distractor: the answer, and for man options the option's own spellings."""
+    forbidden = [f.answer] + ([o for o in f.options if o.startswith("--")] if f.kind == "man_option" else [])
+    if f.kind in ("dict_definition", "acronym", "api", "man_name") and len(f.name) > 3:
+        forbidden.append(f.name)
+    return forbidden
+
+
 def make_turn(lib: Library, f: Fact, rng: random.Random, answerable: bool, question: str | None = None,
               allow_reverse: bool = True, reverse_share: float = REVERSE_SHARE) -> Turn | None:
     size = rng.randint(PASSAGE_CHARS // 2, PASSAGE_CHARS)
     rev = reverse(f, rng) if allow_reverse and rng.random() < reverse_share else None
     q, a = rev if rev else (question or forward(f, rng), f.answer)
     must = [f.answer] + ([f.anchor] if rev and f.kind == "man_option" else [])
-    # What must not be in a distractor: the answer, and for man options the option's own spellings.
-    forbidden = [f.answer] + ([o for o in f.options if o.startswith("--")] if f.kind == "man_option" else [])
-    if f.kind in ("dict_definition", "acronym", "api", "man_name") and len(f.name) > 3:
-        forbidden.append(f.name)
+    forbidden = _forbidden(f)
     n = rng.randint(1, 4)
     gold = gold_passage(f.doc["text"], must, rng, size) if answerable else None
     if answerable and gold is None:
@@ -388,6 +409,36 @@ def make_turn(lib: Library, f: Fact, rng: random.Random, answerable: bool, quest
     else:
         a = REFUSAL
     return Turn(q, a, passages, f.kind, answerable, bool(rev) and answerable)
+
+
+def teacher_turn(lib: Library, tq: TeacherQuestion, rng: random.Random) -> Turn | None:
+    """An answerable turn asking a teacher question: its passage as gold among 1-4 distractors."""
+    size = rng.randint(PASSAGE_CHARS // 2, PASSAGE_CHARS)
+    n = rng.randint(1, 4)
+    passages = lib.distractors(tq.fact, n, _forbidden(tq.fact), rng, size, gold=tq.passage)
+    if not passages:
+        return None
+    passages.insert(rng.randint(0, len(passages)), tq.passage)
+    return Turn(tq.question, tq.answer, passages, tq.fact.kind, True, tq.reverse, teacher=True)
+
+
+def load_teacher_questions(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def teacher_pool(records: list[dict], docs: list[dict]) -> list[TeacherQuestion]:
+    """The records whose document is among `docs` (one split's), as TeacherQuestions in file order."""
+    by_id = {d["id"]: d for d in docs}
+    out = []
+    for r in records:
+        doc = by_id.get(r["doc_id"])
+        if doc is None or r["passage"] not in doc["text"]:
+            continue
+        f = Fact(doc, r["fact_kind"], r["question"], r["reference"], name=r.get("name", ""),
+                 options=list(r.get("options") or []), anchor=r.get("anchor", ""))
+        out.append(TeacherQuestion(f, r["passage"], r["question"], r["answer"], r.get("match") == "name"))
+    return out
 
 
 def render(turns: list[Turn]) -> tuple[str, list[tuple[int, int]]]:
@@ -423,8 +474,13 @@ def collect_facts(docs: list[dict], rng: random.Random, dict_cap: int) -> dict[s
 
 def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusal_share: float = 0.22,
                    session_share: float = 0.3, dict_cap: int = 20000,
-                   reverse_share: float = REVERSE_SHARE) -> list[list[Turn]]:
+                   reverse_share: float = REVERSE_SHARE, teacher: list[dict] = (),
+                   teacher_share: float = 0.0) -> list[list[Turn]]:
+    """Sessions of reading turns. `teacher`: records of training/teacher_questions.py (those of other
+    documents are ignored); a `teacher_share` of the answerable fresh turns then asks one of them."""
     lib = Library(docs)
+    pool = teacher_pool(list(teacher), docs) if teacher_share > 0 else []
+    teacher_facts = {id(tq.fact) for tq in pool}  # rebuilt facts: a follow-up must not ask the same one
     facts = collect_facts(docs, rng, dict_cap)
     siblings: dict[str, list[Fact]] = {}
     for fs in facts.values():
@@ -440,12 +496,29 @@ def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusa
         cursor[kind] += 1
         return f
 
+    tcursor = [0]
+
+    def teacher_fresh(answerable: bool) -> tuple[Fact, Turn] | None:
+        """A teacher question's turn for a share of the answerable fresh turns (no draw when off)."""
+        if not (pool and answerable and rng.random() < teacher_share):
+            return None
+        for _ in range(10):
+            tq = pool[tcursor[0] % len(pool)]
+            tcursor[0] += 1
+            t = teacher_turn(lib, tq, rng)
+            if t is not None:
+                return tq.fact, t
+        return None
+
     while len(sessions) < n_sessions:
         # Draw answerable/unanswerable first and keep it through retries: a fact that cannot make an
         # answerable turn (answer not literally in its text) must not tilt the share toward refusals.
         answerable = rng.random() >= refusal_share
         first = None
-        for _ in range(20):
+        got = teacher_fresh(answerable)
+        if got:
+            f, first = got
+        for _ in range(0 if got else 20):
             f = next_fact()
             first = make_turn(lib, f, rng, answerable=answerable, reverse_share=reverse_share)
             if first is not None:
@@ -458,14 +531,19 @@ def build_sessions(docs: list[dict], n_sessions: int, rng: random.Random, refusa
                 answerable = rng.random() >= refusal_share
                 t = None
                 for _ in range(10):
-                    same = [s for s in siblings.get(f.doc["id"], []) if s is not f and s.kind == f.kind]
+                    same = [s for s in siblings.get(f.doc["id"], []) if s is not f and s.kind == f.kind
+                            and (id(f) not in teacher_facts or s.answer != f.answer)]
                     if same and rng.random() < 0.7:
                         nxt = rng.choice(same)
                         t = make_turn(lib, nxt, rng, answerable, question=follow_up(f, nxt, rng),
                                       allow_reverse=False)
                     else:
-                        nxt = next_fact()
-                        t = make_turn(lib, nxt, rng, answerable, reverse_share=reverse_share)
+                        got = teacher_fresh(answerable)
+                        if got:
+                            nxt, t = got
+                        else:
+                            nxt = next_fact()
+                            t = make_turn(lib, nxt, rng, answerable, reverse_share=reverse_share)
                     if t is not None:
                         break
                 if t is None:
@@ -517,7 +595,8 @@ def pack_rows(sessions: list[tuple[list[int], list[int]]], eos: int, row_len: in
 
 def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: int, n_eval: int,
           text_tokens: int, seed: int, refusal_share: float = 0.22,
-          reverse_share: float = REVERSE_SHARE) -> dict:
+          reverse_share: float = REVERSE_SHARE, teacher_questions: Path | None = None,
+          teacher_share: float = 0.0) -> dict:
     from retnet.convert.llama_gguf import gguf_tokenizer
 
     tok = gguf_tokenizer(gguf)
@@ -529,21 +608,25 @@ def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: i
     def load(name):
         return [d for d in read_docs(corpus / name) if allowed(d, corpus_pk, dev)]
 
-    train_s = build_sessions(load("train.jsonl.gz"), n_train, rng, refusal_share, reverse_share=reverse_share)
+    teacher = load_teacher_questions(teacher_questions) if teacher_questions and teacher_share > 0 else []
+    train_s = build_sessions(load("train.jsonl.gz"), n_train, rng, refusal_share, reverse_share=reverse_share,
+                             teacher=teacher, teacher_share=teacher_share)
     eval_s = build_sessions(load("eval.jsonl.gz"), n_eval, random.Random(seed + 1), refusal_share,
-                            reverse_share=reverse_share)
+                            reverse_share=reverse_share, teacher=teacher, teacher_share=teacher_share)
     train_tok = [tokenize_session(tok, s) for s in train_s]
     rows, mask = pack_rows(train_tok, eos, ROW_LEN, rng)
     eval_tok = [tokenize_session(tok, s) for s in eval_s]
     items = [{"turns": [{"kind": t.kind, "answerable": t.answerable, "reverse": t.reverse, "question": t.question,
-                         "answer": t.answer} for t in s], "alt": False} for s in eval_s]
+                         "answer": t.answer, **({"teacher": True} if t.teacher else {})} for t in s], "alt": False}
+             for s in eval_s]
     # A refusal continuation for every answerable single-turn item: does the model refuse where it should not?
     for i, s in enumerate(eval_s):
         if len(s) == 1 and s[0].answerable:
-            alt = Turn(s[0].question, REFUSAL, s[0].passages, s[0].kind, True, s[0].reverse)
+            alt = Turn(s[0].question, REFUSAL, s[0].passages, s[0].kind, True, s[0].reverse, s[0].teacher)
             eval_tok.append(tokenize_session(tok, [alt]))
             items.append({"turns": [{"kind": alt.kind, "answerable": True, "reverse": alt.reverse,
-                                     "question": alt.question, "answer": REFUSAL}], "alt": True, "alt_of": i})
+                                     "question": alt.question, "answer": REFUSAL,
+                                     **({"teacher": True} if alt.teacher else {})}], "alt": True, "alt_of": i})
     eval_tok_flat = np.concatenate([np.asarray(ids, dtype=np.uint16) for ids, _ in eval_tok])
     eval_lab_flat = np.concatenate([np.asarray(lab, dtype=np.uint8) for _, lab in eval_tok])
     offsets = np.cumsum([0] + [len(ids) for ids, _ in eval_tok]).astype(np.int64)
@@ -562,6 +645,12 @@ def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: i
             "eval_sessions": len(eval_s), "eval_sequences": len(items), "eval_tokens": int(len(eval_tok_flat)),
             "dev_packages_excluded": sorted(dev), "seed": seed, "gguf": gguf.name,
             "eval_items": items, "samples": samples}
+    if teacher:  # only with the option on: off, the meta is what it always was
+        answerable = [t for t in turns if t.answerable]
+        meta.update(teacher_questions=str(teacher_questions), teacher_records=len(teacher),
+                    teacher_share=teacher_share, teacher_turns=sum(t.teacher for t in turns),
+                    teacher_share_of_answerable=sum(t.teacher for t in answerable) / max(1, len(answerable)),
+                    eval_teacher_turns=sum(t.teacher for s in eval_s for t in s))
     if text_dir is not None:  # distillation text: a slice of the stage-2 stream + its held-out rows
         np.save(out / "text.npy", np.load(text_dir / "train.npy")[:text_tokens])
         np.save(out / "eval.npy", np.load(text_dir / "eval.npy"))
@@ -600,10 +689,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reverse-share", type=float, default=REVERSE_SHARE,
                     help="share of turns asked in reverse where the fact allows it (description -> name: the "
                          "dev set's how-to questions)")
+    ap.add_argument("--teacher-questions", type=Path, default=None,
+                    help="JSONL of training.teacher_questions (teacher-written, round-trip filtered questions)")
+    ap.add_argument("--teacher-share", type=float, default=0.0,
+                    help="share of answerable fresh turns that ask a teacher question (0: the template data only)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.teacher_share > 0 and args.teacher_questions is None:
+        ap.error("--teacher-share needs --teacher-questions")
     print(json.dumps(build(args.corpus, args.gguf, args.out, args.text, args.sessions, args.eval_sessions,
-                           args.text_tokens, args.seed, args.refusal_share, args.reverse_share)))
+                           args.text_tokens, args.seed, args.refusal_share, args.reverse_share,
+                           args.teacher_questions, args.teacher_share)))
     return 0
 
 

@@ -45,9 +45,10 @@ def softmax_attention(retention, x: Tensor, positions: Tensor, heads_only: bool 
 
 
 @torch.no_grad()
-def teacher_forward(model, input_ids: Tensor, capture: bool = False):
+def teacher_forward(model, input_ids: Tensor, capture: bool = False, at: Tensor | None = None):
     """Logits [B, T, vocab] of the Transformer behind `model`; with capture, also a list of
-    (attention input, attention output) per layer, both [B, T, hidden]."""
+    (attention input, attention output) per layer, both [B, T, hidden]. With `at` ([B] positions),
+    only the logits at those positions, [B, vocab] (batched decoding of right-padded rows)."""
     B, T = input_ids.shape
     positions = torch.arange(T, device=input_ids.device).expand(B, T)
     x = model.embed(input_ids)
@@ -61,5 +62,7 @@ def teacher_forward(model, input_ids: Tensor, capture: bool = False):
             pairs.append((h, a))
         x = x + a
         x = x + layer.ffn(layer.ffn_norm(x))
+    if at is not None:
+        x = x[torch.arange(B, device=x.device), at]
     logits = model.lm_head(model.final_norm(x))
     return (logits, pairs) if capture else logits
