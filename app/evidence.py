@@ -51,9 +51,14 @@ class EvidenceScorer:
     def __init__(self, embedder: Any, calibration: tuple[float, float, float] | None = None,
                  cache_sentences: int = CACHE_SENTENCES):
         self.embedder = embedder
-        self.calibration = calibration or CALIBRATION.get(getattr(embedder, "name", None))
+        self._calibration = calibration
         self._cache = _LRU(cache_sentences)
         self._lock = threading.Lock()
+
+    @property
+    def calibration(self) -> tuple[float, float, float] | None:
+        """The given calibration, else the one kept for this embedder's name (None: there is none)."""
+        return self._calibration or CALIBRATION.get(getattr(self.embedder, "name", None))
 
     @property
     def available(self) -> bool:
@@ -70,9 +75,10 @@ class EvidenceScorer:
 
     def __call__(self, question: str, passages: Sequence[Any]) -> float | None:
         """The probability, or None without a calibration or without passages."""
-        if self.calibration is None or not passages:
+        calibration = self.calibration
+        if calibration is None or not passages:
             return None
         s = self.signals(question, passages)
-        b, w_support, w_cosine = self.calibration
+        b, w_support, w_cosine = calibration
         logit = b + w_support * s["support"] + w_cosine * s["cosine"]
         return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from . import prompt as L
-from .prompt import REFUSAL
+from .prompt import REFUSAL, is_refusal
 from .types import Quote, Source
 
 __all__ = ["REFUSAL", "REFUSAL_SCORES", "REFUSAL_THRESHOLDS", "Grounding", "PassageTokens", "is_refusal",
@@ -66,11 +66,6 @@ REFUSAL_SCORES = ("evidence", "support", "logprob")
 # "logprob" with the bundled model, benchmarks/grounded_dev.py; "evidence", a probability, by
 # benchmarks/refusal_signals.py for app.evidence's calibration).
 REFUSAL_THRESHOLDS = {"evidence": 0.706, "support": 0.625, "logprob": -7.26}
-
-
-def is_refusal(text: str) -> bool:
-    """True for the refusal sentence (whitespace and case aside)."""
-    return " ".join(text.split()).lower() == REFUSAL.lower()
 
 
 def support(question: str, sources: Sequence[Any]) -> float:

@@ -64,6 +64,11 @@ ANSWER_STOP_STRINGS = ("\n\n",)
 # what the reading data teaches for unanswerable questions and what the dev-set scorer recognises.
 REFUSAL = "That is not in the documents."
 
+
+def is_refusal(text: str) -> bool:
+    """True for the refusal sentence (whitespace and case aside)."""
+    return " ".join(text.split()).lower() == REFUSAL.lower()
+
 # Chunk kinds in TurnTokens.kinds
 SYSTEM_CHUNK, QUESTION_CHUNK, PASSAGE_CHUNK, PROMPT_END_CHUNK, TARGET_CHUNK, ANSWER_CHUNK = (
     "system", "question", "passage", "prompt_end", "target", "answer")

@@ -76,7 +76,9 @@ class MultiDocQA:
         if not early:
             self.collection = self._open_collection(collection, data_dir, embedder, create)
         self._owns_collection = isinstance(collection, str)
-        self._evidence_scorer: EvidenceScorer | None = None
+        # The refusal gate's answerability scorer for the collection's embedder (app.evidence).
+        embedder = getattr(self.collection, "embedder", None)
+        self._evidence = EvidenceScorer(embedder) if embedder is not None else None
 
     @staticmethod
     def _reader(model, tokenizer, options, cache, cache_snapshots, device, threads, quantize) -> Reader:
@@ -169,16 +171,7 @@ class MultiDocQA:
     def session(self, **options) -> Session:
         """A new conversation (options: k, layout, instructions, documents, name)."""
         options.setdefault("k", self.k)
-        return Session(self.reader, self._retrieve, evidence=self._evidence(), **options)
-
-    def _evidence(self) -> EvidenceScorer | None:
-        """The refusal gate's answerability scorer for the collection's embedder (app.evidence)."""
-        embedder = getattr(self.collection, "embedder", None)
-        if embedder is None:
-            return None
-        if self._evidence_scorer is None or self._evidence_scorer.embedder is not embedder:
-            self._evidence_scorer = EvidenceScorer(embedder)
-        return self._evidence_scorer
+        return Session(self.reader, self._retrieve, evidence=self._evidence, **options)
 
     def load_session(self, path: str | os.PathLike, **options) -> Session:
         return self.session(**options).load(path)

@@ -33,7 +33,7 @@ import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from .prompt import REFUSAL
+from .prompt import is_refusal
 
 DEFAULT_WEIGHT = 0.5
 DEFAULT_CANDIDATES = 40  # per retriever; dev set (benchmarks/results/retrieval_dev.md): 40 beat 20 and 60
@@ -165,8 +165,7 @@ def conversation_query(history: Sequence[tuple[str, str]], question: str, turns:
         extra += [t for t in _ordered_terms(q) if t not in own and t not in extra][:CONTEXT_TERMS - len(extra)]
     last = history[-1][1]
     # a refusal says nothing about the topic ("documents" would be searched for)
-    refused = " ".join(last.split()).lower() == REFUSAL.lower()
-    answer = [] if refused else [t for t in _ordered_terms(last) if t not in own and t not in extra]
+    answer = [] if is_refusal(last) else [t for t in _ordered_terms(last) if t not in own and t not in extra]
     answer.sort(key=lambda t: not (t.startswith("-") or "." in t or "_" in t))  # stable: names first
     extra += answer[:ANSWER_TERMS]
     return " ".join([question, *extra])

@@ -142,11 +142,10 @@ def new_qa(col, model, tok, args, mode: str) -> MultiDocQA:
     return MultiDocQA(col, model=reader, options=options, threads=args.threads)
 
 
-def bench_model(path: Path, col, singles: list[str], sessions: list[list[str]], args) -> dict:
+def bench_model(path: Path, col, singles: list[str], sessions: list[list[str]], args, label: str | None = None) -> dict:
     torch.set_num_threads(args.start_threads)  # as in a fresh process: the last model's choice must not carry over
     model, tok, info = load(path, args)
-    info["model"] = (str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
-                     else f"{path.name} (random weights)" if path.name.startswith("random-") else str(path))
+    info["model"] = label or str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     warm = new_qa(col, model, tok, args, "grounded")
     info["threads"] = torch.get_num_threads()  # after MultiDocQA applied --threads (0: the app's choice)
     info["first_ask_s"] = warm.ask(singles[0]).timings.first_token_s
@@ -296,10 +295,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rag_loop_") as tmp:
         col, res["collection"] = build_collection(files, Path(tmp), args.embedder)
         try:
-            models = args.model or ([] if args.preset else DEFAULT_MODELS)
-            models += [random_model_dir(p, Path(tmp)) for p in args.preset]
-            for path in models:
-                res["models"].append(bench_model(path, col, singles, sessions, args))
+            models = [(path, None) for path in args.model or ([] if args.preset else DEFAULT_MODELS)]
+            models += [(random_model_dir(p, Path(tmp)), f"random-{p} (random weights)") for p in args.preset]
+            for path, label in models:
+                res["models"].append(bench_model(path, col, singles, sessions, args, label))
         finally:
             col.close()
     meta["load_after"] = f"{os.getloadavg()[0]:.1f}"

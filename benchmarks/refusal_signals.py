@@ -33,10 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.grounding import support  # noqa: E402
+from app.evidence import EvidenceScorer  # noqa: E402
 from app.retrieve import retrieve, terms  # noqa: E402
+from app.sentences import sentences  # noqa: E402
 from evaluation.dev import DEFAULT_DATA_DIR, open_devset_collection  # noqa: E402
-from evaluation.dev_baseline import sentences  # noqa: E402
 from evaluation.devset import load_devset  # noqa: E402
 
 SIGNALS = ("support", "top", "cosine", "coverage")
@@ -44,17 +44,13 @@ COMBINATIONS = (("support",), ("cosine",), ("support", "cosine"), ("support", "t
 MAX_FALSE = 0.10
 
 
-def features(collection, question: str, k: int) -> dict:
+def features(collection, scorer: EvidenceScorer, question: str, k: int) -> dict:
+    """The app's own signals (app.evidence: support, cosine) plus two it leaves out (top, coverage)."""
     hits = retrieve(collection, question, k)
     passages = [h.text for h in hits]
-    cands = [s for p in passages for s in sentences(p)]
     wanted = terms(question)
-    cos = 0.0
-    if cands:
-        vecs = np.asarray(collection.embedder.encode([question, *cands]), dtype=np.float32)
-        cos = float((vecs[1:] @ vecs[0]).max())
-    return {"support": support(question, passages), "top": float(hits[0].score) if hits else 0.0, "cosine": cos,
-            "coverage": max((len(wanted & terms(s)) / max(1, len(wanted)) for s in cands), default=0.0)}
+    coverage = max((len(wanted & terms(s)) / max(1, len(wanted)) for p in passages for s in sentences(p)), default=0.0)
+    return {**scorer.signals(question, passages), "top": float(hits[0].score) if hits else 0.0, "coverage": coverage}
 
 
 def auc(y: np.ndarray, refuse_score: np.ndarray) -> float:
@@ -150,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     devset = load_devset()
     collection, _ = open_devset_collection(devset, args.data_dir, args.embedder, progress=True)
+    scorer = EvidenceScorer(collection.embedder)
     rows = []
     try:
         for q in devset.questions:
             if q.conversation is not None and q.turn != 1:
                 continue  # later turns retrieve with the conversation: the session's business
             rows.append({"id": q.id, "number": int(q.id.lstrip("q")), "unanswerable": int(not q.answerable),
-                         **features(collection, q.question, args.k)})
+                         **features(collection, scorer, q.question, args.k)})
     finally:
         collection.close()
     results = evaluate(rows)

@@ -258,6 +258,16 @@ def forward(f: Fact, rng: random.Random) -> str:
     return q if f.kind == "section" else typed(q, rng)
 
 
+def reverse_answer(f: Fact) -> str:
+    """What a reverse question (description -> name) is answered with: the option to use, the function,
+    the command or the word."""
+    if f.kind == "man_option":
+        return f"Use {f.anchor}."
+    if f.kind == "api":
+        return f"{f.name}()"
+    return f.name
+
+
 def reverse(f: Fact, rng: random.Random) -> tuple[str, str] | None:
     """Description -> name: (question, answer) or None when this fact has no natural reverse question."""
     if f.kind == "man_option":
@@ -265,7 +275,7 @@ def reverse(f: Fact, rng: random.Random) -> tuple[str, str] | None:
         if act:
             q = rng.choice([f"how do I {act} with {cmd}?", f"How can I {act} in {cmd}?", f"{cmd}: how to {act}",
                             f"which {cmd} option lets me {act}?", f"how do i make {cmd} {act}?"])
-            return typed(q, rng), f"Use {f.anchor}."
+            return typed(q, rng), reverse_answer(f)
         c = _clause(f.answer, 10)
         if c:
             return typed(rng.choice([f"which {cmd} option is described as \"{c}\"?", f"{cmd} option for {c}",
@@ -286,12 +296,13 @@ def reverse(f: Fact, rng: random.Random) -> tuple[str, str] | None:
             q = f"which manual page is about {c}?"
         else:
             return None
-        return typed(q, rng), (f"{f.name}()" if f.kind == "api" else f.name)
+        return typed(q, rng), reverse_answer(f)
     if f.kind == "dict_definition":
         c = _clause(f.answer, 10)
-        return (typed(f'what is the word for "{c}"?', rng), f.name) if c else None
+        return (typed(f'what is the word for "{c}"?', rng), reverse_answer(f)) if c else None
     if f.kind == "acronym":
-        return typed(rng.choice([f"what is the acronym for {f.answer}?", f"{f.answer} abbreviation"]), rng), f.name
+        q = rng.choice([f"what is the acronym for {f.answer}?", f"{f.answer} abbreviation"])
+        return typed(q, rng), reverse_answer(f)
     return None
 
 

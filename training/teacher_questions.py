@@ -66,6 +66,7 @@ from training.reading_data import (
     corpus_packages,
     dev_packages,
     gold_passage,
+    reverse_answer,
 )
 from training.uptrain_data import chatml, read_docs
 
@@ -183,15 +184,6 @@ def key_names(f: Fact) -> list[str]:
 def names(text: str, keys: list[str]) -> bool:
     """Whether any key occurs in the text as a whole token (so -v does not match -vv or --verbose)."""
     return any(re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", text, flags=re.I) for k in keys if k)
-
-
-def reverse_answer(f: Fact) -> str:
-    """The training answer of a reverse question, as reading_data.reverse() gives it."""
-    if f.kind == "man_option":
-        return f"Use {f.anchor}."
-    if f.kind == "api":
-        return f"{f.name}()"
-    return f.name
 
 
 def round_trip(f: Fact, question: str, answer: str, threshold: float = THRESHOLD) -> tuple[str | None, float]:

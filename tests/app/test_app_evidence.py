@@ -121,7 +121,6 @@ def test_sessions_of_a_multidocqa_score_with_its_collections_embedder(qa, monkey
     import app.evidence as evidence_module
 
     monkeypatch.setitem(evidence_module.CALIBRATION, qa.collection.embedder.name, (-50.0, 0.0, 0.0))
-    qa._evidence_scorer = None
     session = qa.session()
     assert session.evidence.embedder is qa.collection.embedder and session.evidence.available
     assert session.fork().evidence is session.evidence
