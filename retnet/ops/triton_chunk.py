@@ -62,6 +62,7 @@ ends a call there (app.encoder.Reader.ingest_chunks).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -69,9 +70,20 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-# Launch settings per (K slice, V) shape and dtype, chosen on an H100 (benchmarks/results/KERNELS.md);
-# tests and experiments can override them with `CONFIG_OVERRIDE[(K, V, dtype)] = dict(...)`.
+# Launch settings per (K slice, V) shape and dtype: the rules of `_config`, chosen on an H100
+# (benchmarks/results/KERNELS.md), and per-GPU tables from `benchmarks/kernels.py --sweep` on other GPUs
+# (TUNED, picked by the device's name; RETNET_KERNEL_TUNING=h100 keeps the H100 rules anywhere, =h200 forces
+# the H200 table). Tests and experiments can override both with `CONFIG_OVERRIDE[(K, V, dtype)] = dict(...)`.
 CONFIG_OVERRIDE: dict = {}
+TUNED: dict[str, dict[tuple[int, int], dict]] = {
+    # H200, Triton 3.6, bf16 (session 8 sweep, benchmarks/results/kernels_h200.md): fwd+bwd 1.97x / 2.00x fla at
+    # K=256 V=512, T=8k / 16k (1.79x / 1.82x with the H100 rules). Precomputed scores beat inline ones here.
+    "h200": {
+        (256, 512): dict(BT=64, BV=128, num_warps=8, num_stages=2, inline=False),
+        (256, 256): dict(BT=64, BV=64, num_warps=8, num_stages=2, inline=True),
+        (128, 128): dict(BT=64, BV=64, num_warps=8, num_stages=3, inline=False),
+    },
+}
 # The compiled kernel of the latest scan launch (registers, spills, shared memory), for benchmarks.
 LAST_LAUNCH: dict = {}
 MAX_SLICE = 256  # widest K handled by one scan; wider keys take two
@@ -254,7 +266,26 @@ def _chunk_retention_kernel(
         tl.store(st_ptr + b.to(tl.int64) * st_sb + h * st_sh + s_off, S, mask=smask)
 
 
-def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
+def tuning(device: torch.device | None = None) -> str:
+    """Which launch table applies: RETNET_KERNEL_TUNING if set ("h100": the rules of `_config`, or a key
+    of TUNED), else the TUNED key found in the CUDA device's name, else "h100"."""
+    forced = os.environ.get("RETNET_KERNEL_TUNING", "").strip().lower()
+    if forced:
+        if forced != "h100" and forced not in TUNED:
+            raise ValueError(f"RETNET_KERNEL_TUNING={forced!r}; choose h100 or one of {sorted(TUNED)}")
+        return forced
+    if device is None or device.type != "cuda":
+        return "h100"
+    return _device_tuning(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _device_tuning(index: int) -> str:
+    name = torch.cuda.get_device_name(index).lower()
+    return next((key for key in TUNED if key in name), "h100")
+
+
+def _config(DK: int, DV: int, dtype: torch.dtype, device: torch.device | None = None) -> dict:
     """Launch settings for a scan over a K slice of DK columns: BT tokens per tile, BV state
     columns per program, warps, pipeline stages, and `inline`: compute the scores inside the scan
     when none are given (inference); training always precomputes them, to share them backward.
@@ -262,12 +293,16 @@ def _config(DK: int, DV: int, dtype: torch.dtype) -> dict:
     Measured on an H100 with Triton 3.6 (benchmarks/results/KERNELS.md): K=256, V=512 is best at
     BV=64 and 8 warps (1.16 ms for B=4, H=8, T=8192), K=V=128 at BV=32 and 4 warps with 3 stages
     (0.23 ms for B=4, H=16, T=8192). One stage crashed Triton 3.6 in several shapes; keep >= 2.
+    On a GPU with its own table (TUNED, see `tuning`), that table's bf16/fp16 shapes come from it.
     """
     key = (DK, DV, dtype)
+    table = TUNED.get(tuning(device), {}) if dtype in (torch.bfloat16, torch.float16) else {}
     if key in CONFIG_OVERRIDE:
         cfg = dict(CONFIG_OVERRIDE[key])
     elif _interpreting():
         cfg = dict(BT=16, BV=min(32, triton.next_power_of_2(DV)), num_warps=4, num_stages=2)
+    elif (DK, DV) in table:
+        cfg = dict(table[(DK, DV)])
     elif dtype in (torch.float32, torch.float64):
         # Wide inputs: half the tile, so that q and k tiles fit in shared memory twice over.
         cfg = dict(BT=32, BV=max(16, min(triton.next_power_of_2(DV), 4096 // triton.next_power_of_2(DK))),
@@ -339,7 +374,7 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
     slices = [(s, min(DK, s + MAX_SLICE)) for s in range(0, DK, MAX_SLICE)]
     if len(slices) > 2:
         raise ValueError(f"the Triton retention kernel supports K up to {2 * MAX_SLICE}, got {DK}")
-    cfgs = [_config(e - s, DV, q.dtype) for s, e in slices]
+    cfgs = [_config(e - s, DV, q.dtype, q.device) for s, e in slices]
     BT = cfgs[0]["BT"]
     assert all(c["BT"] == BT for c in cfgs), "both K slices must use the same tile"
     NT = triton.cdiv(T, BT)

@@ -200,6 +200,31 @@ def test_the_static_decoder_is_chosen_only_where_it_applies():
 
 
 @torch.no_grad()
+def test_the_compile_setting_reaches_automatic_decoders(monkeypatch):
+    model = make_model(dtype=torch.float32)
+    monkeypatch.setattr(cuda_decode, "_compile", False)
+    plain = cuda_decode.decoder_for(model, 1)
+    cuda_decode.configure(compile=True)
+    compiled = cuda_decode.decoder_for(model, 1)
+    assert plain._fn is cuda_decode.decode_step and compiled._fn is cuda_decode._compiled_step()
+    assert cuda_decode.decoder_for(model, 1, compile=False) is plain  # both cached, each its own graph
+    cuda_decode.release(model)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_step_equals_the_recurrent_form():
+    """The step under torch.compile (what RETNET_DECODE_COMPILE=1 captures on a GPU), here compiled for
+    the CPU, against the model's recurrent form; padding rows go through the uncompiled update."""
+    model = make_model(seed=5, dtype=torch.float64, token_shift=True)
+    B = 2
+    state = model(torch.randint(0, 256, (B, 9)), mode="chunkwise").state
+    dec = GraphDecoder(model, B, compile=True)
+    dec.load(state)
+    assert _steps(model, dec, state, 4, [None, torch.tensor([True, False])]) < 1e-10
+
+
+@torch.no_grad()
 def test_prefill_computes_logits_only_where_used():
     model = make_model(seed=19, dtype=torch.float64)
     ids = torch.randint(0, 256, (3, 11))

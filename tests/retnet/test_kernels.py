@@ -209,6 +209,36 @@ def test_default_tile_configs_are_valid(monkeypatch):
                     assert triton_chunk._config(DK, DV, dtype)["BT"] >= triton_chunk.MIN_DOT_K
 
 
+def test_per_gpu_tables_are_picked_by_device_name_or_forced(monkeypatch):
+    """The H200 table (benchmarks/kernels.py --sweep) for bf16 at its shapes on a GPU named H200; the
+    H100 rules elsewhere, for other dtypes and shapes, and when RETNET_KERNEL_TUNING=h100 asks for them."""
+    monkeypatch.setattr(triton_chunk, "CONFIG_OVERRIDE", {})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("RETNET_KERNEL_TUNING", raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
+    assert triton_chunk._device_tuning.__wrapped__(0) == "h200"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
+    assert triton_chunk._device_tuning.__wrapped__(0) == "h100"
+    monkeypatch.setattr(triton_chunk, "_device_tuning", lambda index: "h200")
+    gpu, h200 = torch.device("cuda", 0), triton_chunk.TUNED["h200"]
+    rules = triton_chunk._config(256, 512, torch.bfloat16)  # no device: the H100 rules
+    assert rules != h200[(256, 512)]
+    assert triton_chunk._config(256, 512, torch.bfloat16, gpu) == h200[(256, 512)]
+    assert triton_chunk._config(128, 128, torch.float16, gpu) == h200[(128, 128)]
+    assert triton_chunk._config(256, 512, torch.float32, gpu) == triton_chunk._config(256, 512, torch.float32)
+    assert triton_chunk._config(64, 96, torch.bfloat16, gpu) == triton_chunk._config(64, 96, torch.bfloat16)
+    monkeypatch.setenv("RETNET_KERNEL_TUNING", "h100")
+    assert triton_chunk._config(256, 512, torch.bfloat16, gpu) == rules
+    monkeypatch.setenv("RETNET_KERNEL_TUNING", "H200")
+    assert triton_chunk._config(256, 512, torch.bfloat16) == h200[(256, 512)]
+    monkeypatch.setenv("RETNET_KERNEL_TUNING", "a100")
+    with pytest.raises(ValueError, match="RETNET_KERNEL_TUNING='a100'; choose h100 or one of"):
+        triton_chunk._config(256, 512, torch.bfloat16)
+    for table in triton_chunk.TUNED.values():
+        for cfg in table.values():
+            assert triton_chunk.check_config(dict(cfg))["BT"] == 64  # both K slices of a scan share BT
+
+
 def test_too_wide_keys_are_refused(monkeypatch):
     monkeypatch.setattr(triton_chunk, "MAX_SLICE", 16)
     q, k, v, _ = inputs(1, 5, 1, 40, 8, torch.float64)

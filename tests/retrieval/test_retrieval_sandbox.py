@@ -58,6 +58,26 @@ def test_a_worker_that_dies_costs_one_file(tmp_path):
     assert sandbox._current.proc.pid != pid
 
 
+def test_a_missing_parser_package_is_named_not_blamed_on_memory(tmp_path, monkeypatch):
+    """A worker that cannot import a parser says which one (it once read "killed by SIGKILL (out of
+    memory?)" because the parent killed the exiting worker first)."""
+    write(tmp_path / "fake" / "bs4" / "__init__.py", "raise ImportError(\"No module named 'bs4'\")")
+    before = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    sandbox.shutdown()  # the next load starts a worker that sees the broken bs4
+    try:
+        missing = r"did not start \(a document parser is not installed: No module named 'bs4"
+        with pytest.raises(LoadError, match=missing):
+            sandbox.load_limited(tmp_path / "a.txt", b"text", LoadLimits())
+    finally:
+        if before is None:
+            monkeypatch.delenv("PYTHONPATH")
+        else:
+            monkeypatch.setenv("PYTHONPATH", before)
+        sandbox.shutdown()
+    assert sandbox.load_limited(tmp_path / "b.txt", b"works again", LoadLimits()).text == "works again"
+
+
 def test_modules_in_the_working_directory_are_not_imported(tmp_path, monkeypatch):
     write(tmp_path / "retrieval" / "__init__.py", "raise SystemExit('imported the wrong package')")
     write(tmp_path / "retrieval" / "load_worker.py", "raise SystemExit('imported the wrong worker')")

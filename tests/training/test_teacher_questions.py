@@ -156,6 +156,37 @@ def test_cli_writes_jsonl_and_summary(tmp_path, monkeypatch):
     assert all(set(r) == RECORD_KEYS for r in records) and calls["ask"] >= 1
 
 
+def test_items_written_and_read_back_give_the_same_questions(tmp_path, monkeypatch):
+    """--write-items (no teacher needed) then --items: the same records as drawing the facts directly."""
+    def run(*extra):
+        ask, answer, _ = _fakes()
+
+        class FakeTeacher:
+            def fn(self, max_new, temperature=0.0, seed=0, batch=16, keep_unfinished=False):
+                return ask if temperature > 0 else answer
+
+        monkeypatch.setattr(tq.Teacher, "from_gguf", classmethod(lambda cls, path, device="cpu": FakeTeacher()))
+        out = tmp_path / f"q{len(extra)}.jsonl"
+        assert tq.main(["--gguf", "x.gguf", "--out", str(out), "--facts", "20", "--device", "cpu", *extra]) == 0
+        return out.read_text()
+
+    corpus, items = _corpus(tmp_path, _docs()), tmp_path / "items" / "items.jsonl"
+    assert tq.main(["--corpus", str(corpus), "--facts", "20", "--write-items", str(items)]) == 0
+    assert len(items.read_text().splitlines()) == 20
+    direct = run("--corpus", str(corpus))
+    assert direct and run("--items", str(items)) == direct
+    items.write_text('{"doc_id": 1}\n')
+    with pytest.raises(ValueError, match="items.jsonl:1: not an item record"):
+        tq.read_items(items)
+
+
+def test_one_shot_prompt_puts_the_example_before_the_passage():
+    plain, shot = tq.question_prompt("zq passage", "an answer"), tq.question_prompt("zq passage", "an answer", 1)
+    assert tq.EXAMPLE_QUESTION not in plain and shot.endswith(plain[plain.index("<|im_start|>user"):])
+    assert shot.index(tq.EXAMPLE_QUESTION) < shot.index("zq passage") and shot.count("<|im_start|>assistant") == 2
+    assert "Answer:" not in tq.question_prompt("zq passage", None, 1)
+
+
 def test_cli_help():
     r = subprocess.run([sys.executable, "-m", "training.teacher_questions", "--help"], capture_output=True,
                        text=True, timeout=120)

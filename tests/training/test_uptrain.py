@@ -14,7 +14,7 @@ pytest.importorskip("gguf")
 from retnet.convert.llama_gguf import from_llama_gguf  # noqa: E402
 from tests.retnet.tiny_llama_gguf import write_tiny_llama_gguf  # noqa: E402
 from training.adapter import LoRALinear, attach_adapter, load_adapter, merge_adapter, save_adapter  # noqa: E402
-from training.softmax_teacher import teacher_forward  # noqa: E402
+from training.softmax_teacher import teacher_forward, teacher_generate  # noqa: E402
 from training.uptrain import TokenStream, distill_loss, run_stage, transfer_loss  # noqa: E402
 
 H, KV, D, L = 4, 2, 64, 2
@@ -70,6 +70,43 @@ def test_teacher_is_the_llama(tiny):
     ids = torch.randint(0, model.config.vocab_size, (1, 19), generator=torch.Generator().manual_seed(0))
     want = naive_llama_logits(hf, ids[0], model.config.norm_eps)
     torch.testing.assert_close(teacher_forward(model, ids)[0], want, rtol=1e-10, atol=1e-10)
+
+
+def test_cached_generation_equals_recomputing_each_row_alone(tiny):
+    """teacher_generate (left-padded batch, KV cache) gives, at every step, the logits teacher_forward
+    gives for that row's own sequence so far; a stop token ends a row without being kept."""
+    path, _ = tiny
+    model = from_llama_gguf(path).double()
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).tolist() for n in (7, 1, 13, 4)]
+    seen: list[torch.Tensor] = []
+
+    def pick(logits):
+        seen.append(logits.clone())
+        return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0].tolist()
+
+    max_new = 6
+    out = teacher_generate(model, prompts, max_new, pick, stops=set(), pad=0)
+    assert [len(new) for new, _ in out] == [max_new] * 4 and not any(stopped for _, stopped in out)
+    for r, (p, (new, _)) in enumerate(zip(prompts, out, strict=True)):
+        for t in range(max_new):
+            seq = torch.tensor([p + new[:t]])
+            torch.testing.assert_close(seen[t][r], teacher_forward(model, seq)[0, -1], rtol=1e-9, atol=1e-9)
+    def greedy(logits):
+        return logits.argmax(-1).tolist()
+
+    stop = teacher_generate(model, prompts, max_new, greedy, set())[2][0][2]  # row 2's third greedy token
+    again = teacher_generate(model, prompts, max_new, greedy, {stop}, pad=0)
+    assert again[2][1] and len(again[2][0]) <= 2
+    for p, (new, stopped) in zip(prompts, again, strict=True):
+        want, seq = [], list(p)
+        for _ in range(max_new):
+            nxt = int(teacher_forward(model, torch.tensor([seq]))[0, -1].argmax())
+            if nxt == stop:
+                break
+            want.append(nxt)
+            seq.append(nxt)
+        assert new == want and stopped == (len(want) < max_new)
 
 
 def _stream(vocab: int, seq_len: int) -> TokenStream:
