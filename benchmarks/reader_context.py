@@ -185,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     from app.encoder import load_model
-    from evaluation.dev_transformer import BASE
-    from retnet.convert.delta import find_base
+    from evaluation.dev_transformer import source_gguf
 
-    gguf = args.gguf or find_base(BASE)
+    gguf = args.gguf or source_gguf()
     reader, tokenizer = load_model(args.model, device=device, quantize="none")
     reader = reader.to(dtype)
     models = {"retnet": (f"RetNet reader ({args.model.name})", reader, retnet_point)}

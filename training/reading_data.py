@@ -119,6 +119,13 @@ def corpus_packages() -> set[str]:
     return set(all_packages())
 
 
+def load_docs(corpus: Path, split: str = "train") -> list[dict]:
+    """A corpus split (``<corpus>/<split>.jsonl.gz``) as the reading data reads it: the corpus' packages
+    only, the dev set's packages dropped."""
+    corpus_pk, dev = corpus_packages(), dev_packages()
+    return [d for d in read_docs(corpus / f"{split}.jsonl.gz") if allowed(d, corpus_pk, dev)]
+
+
 def allowed(doc: dict, corpus: set[str], dev: set[str]) -> bool:
     pkg = doc["source_package"]
     if pkg not in corpus or pkg in dev:
@@ -613,16 +620,11 @@ def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: i
     tok = gguf_tokenizer(gguf)
     eos = tok.token_to_id("<|endoftext|>")
     rng = random.Random(seed)
-    corpus_pk, dev = corpus_packages(), dev_packages()
     out.mkdir(parents=True, exist_ok=True)
-
-    def load(name):
-        return [d for d in read_docs(corpus / name) if allowed(d, corpus_pk, dev)]
-
     teacher = load_teacher_questions(teacher_questions) if teacher_questions and teacher_share > 0 else []
-    train_s = build_sessions(load("train.jsonl.gz"), n_train, rng, refusal_share, reverse_share=reverse_share,
+    train_s = build_sessions(load_docs(corpus, "train"), n_train, rng, refusal_share, reverse_share=reverse_share,
                              teacher=teacher, teacher_share=teacher_share)
-    eval_s = build_sessions(load("eval.jsonl.gz"), n_eval, random.Random(seed + 1), refusal_share,
+    eval_s = build_sessions(load_docs(corpus, "eval"), n_eval, random.Random(seed + 1), refusal_share,
                             reverse_share=reverse_share, teacher=teacher, teacher_share=teacher_share)
     train_tok = [tokenize_session(tok, s) for s in train_s]
     rows, mask = pack_rows(train_tok, eos, ROW_LEN, rng)
@@ -654,7 +656,7 @@ def build(corpus: Path, gguf: Path, out: Path, text_dir: Path | None, n_train: i
             "multi_turn_sessions": sum(len(s) > 1 for s in train_s) / len(train_s),
             "kinds": {k: sum(t.kind == k for t in turns) for k in KIND_WEIGHTS},
             "eval_sessions": len(eval_s), "eval_sequences": len(items), "eval_tokens": int(len(eval_tok_flat)),
-            "dev_packages_excluded": sorted(dev), "seed": seed, "gguf": gguf.name,
+            "dev_packages_excluded": sorted(dev_packages()), "seed": seed, "gguf": gguf.name,
             "eval_items": items, "samples": samples}
     if teacher:  # only with the option on: off, the meta is what it always was
         answerable = [t for t in turns if t.answerable]

@@ -53,10 +53,9 @@ def softmax_attention(retention, x: Tensor, positions: Tensor, heads_only: bool 
 
 
 @torch.no_grad()
-def teacher_forward(model, input_ids: Tensor, capture: bool = False, at: Tensor | None = None):
+def teacher_forward(model, input_ids: Tensor, capture: bool = False):
     """Logits [B, T, vocab] of the Transformer behind `model`; with capture, also a list of
-    (attention input, attention output) per layer, both [B, T, hidden]. With `at` ([B] positions),
-    only the logits at those positions, [B, vocab] (batched decoding of right-padded rows)."""
+    (attention input, attention output) per layer, both [B, T, hidden]."""
     B, T = input_ids.shape
     positions = torch.arange(T, device=input_ids.device).expand(B, T)
     x = _embed(model, input_ids)
@@ -68,8 +67,6 @@ def teacher_forward(model, input_ids: Tensor, capture: bool = False, at: Tensor 
             pairs.append((h, a))
         x = x + a
         x = x + layer.ffn(layer.ffn_norm(x))
-    if at is not None:
-        x = x[torch.arange(B, device=x.device), at]
     logits = model.lm_head(model.final_norm(x))
     return (logits, pairs) if capture else logits
 
@@ -98,18 +95,8 @@ def teacher_generate(model, prompts: list[list[int]], max_new: int, pick: Callab
     # prefill: causal and not padding; a padding query also sees itself, so no softmax row is empty
     eye = torch.eye(L, dtype=torch.bool, device=dev)
     mask = (torch.ones(L, L, dtype=torch.bool, device=dev).tril() & (valid[:, None, :L] | eye))[:, None]
-    caches: list[tuple[Tensor, Tensor]] = []
-    x = _embed(model, ids)
-    for layer in model.layers:
-        att = layer.retention
-        q, k, v = _rotated_qkv(att, layer.retention_norm(x), positions)
-        kc = k.new_zeros(B, S, *k.shape[2:])
-        vc = v.new_zeros(B, S, *v.shape[2:])
-        kc[:, :L], vc[:, :L] = k, v
-        caches.append((kc, vc))
-        x = x + _attend(att, q, kc[:, :L], vc[:, :L], mask)
-        x = x + layer.ffn(layer.ffn_norm(x))
-    logits = model.lm_head(model.final_norm(x[:, -1]))
+    caches = [None] * len(model.layers)
+    logits = _cached_forward(model, ids, positions, caches, 0, mask, S)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * B
     for t in range(max_new):
@@ -122,17 +109,28 @@ def teacher_generate(model, prompts: list[list[int]], max_new: int, pick: Callab
                     new[r].append(tok)
         if all(done) or t == max_new - 1:
             break
-        x = _embed(model, torch.tensor(toks, dtype=torch.long, device=dev)[:, None])
-        end = L + t + 1
-        step_mask = valid[:, None, None, :end]
-        for layer, (kc, vc) in zip(model.layers, caches, strict=True):
-            att = layer.retention
-            q, k, v = _rotated_qkv(att, layer.retention_norm(x), (lens + t)[:, None])
-            kc[:, end - 1], vc[:, end - 1] = k[:, 0], v[:, 0]
-            x = x + _attend(att, q, kc[:, :end], vc[:, :end], step_mask)
-            x = x + layer.ffn(layer.ffn_norm(x))
-        logits = model.lm_head(model.final_norm(x[:, -1]))
+        step = torch.tensor(toks, dtype=torch.long, device=dev)[:, None]
+        logits = _cached_forward(model, step, (lens + t)[:, None], caches, L + t, valid[:, None, None, :L + t + 1])
     return [(n, d) for n, d in zip(new, done, strict=True)]
+
+
+def _cached_forward(model, ids: Tensor, positions: Tensor, caches: list, start: int, mask: Tensor,
+                    size: int = 0) -> Tensor:
+    """Read ids [B, T] at cache slots start..start+T (positions [B, T] for rotary), each layer attending over
+    its cache up to there where `mask` allows; the last position's logits [B, vocab]. Empty cache entries
+    are made here, `size` slots long (the prefill)."""
+    end = start + ids.shape[1]
+    x = _embed(model, ids)
+    for i, layer in enumerate(model.layers):
+        att = layer.retention
+        q, k, v = _rotated_qkv(att, layer.retention_norm(x), positions)
+        if caches[i] is None:
+            caches[i] = (k.new_zeros(k.shape[0], size, *k.shape[2:]), v.new_zeros(v.shape[0], size, *v.shape[2:]))
+        kc, vc = caches[i]
+        kc[:, start:end], vc[:, start:end] = k, v
+        x = x + _attend(att, q, kc[:, :end], vc[:, :end], mask)
+        x = x + layer.ffn(layer.ffn_norm(x))
+    return model.lm_head(model.final_norm(x[:, -1]))
 
 
 def _embed(model, ids: Tensor) -> Tensor:

@@ -59,18 +59,17 @@ from pathlib import Path
 
 from app.prompt import neutralize
 from evaluation.score import token_f1
+from retnet.io import atomic_write_text
 from training.reading_data import (
     KIND_WEIGHTS,
     Fact,
-    allowed,
     collect_facts,
-    corpus_packages,
-    dev_packages,
     gold_passage,
+    load_docs,
     reverse_answer,
 )
 from training.softmax_teacher import Teacher
-from training.uptrain_data import chatml, read_docs
+from training.uptrain_data import chatml
 
 SYSTEM = "You write the questions users type into a documentation search box."
 ASK = ("Write ONE short question, as a user would type it, that the passage answers{hint}. "
@@ -91,12 +90,6 @@ class Item:
 
 
 # -- facts ----------------------------------------------------------------------------------------------
-
-def load_docs(corpus: Path, split: str = "train") -> list[dict]:
-    """The corpus split as reading_data reads it: corpus packages only, the dev set's packages dropped."""
-    corpus_pk, dev = corpus_packages(), dev_packages()
-    return [d for d in read_docs(corpus / f"{split}.jsonl.gz") if allowed(d, corpus_pk, dev)]
-
 
 def draw_items(docs: list[dict], n: int, rng: random.Random, dict_cap: int = 20000,
                passage_chars: int = PASSAGE_CHARS) -> list[Item]:
@@ -335,11 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         items = draw_items(docs, args.facts, random.Random(args.seed), args.dict_cap, args.passage_chars)
         log(f"{len(docs)} documents, {len(items)} facts")
     if args.write_items:
-        args.write_items.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.write_items.with_name(args.write_items.name + ".tmp")
-        tmp.write_text("".join(json.dumps(item_record(it), ensure_ascii=False) + "\n" for it in items),
-                       encoding="utf-8")
-        tmp.replace(args.write_items)
+        atomic_write_text(args.write_items, "".join(json.dumps(item_record(it), ensure_ascii=False) + "\n"
+                                                    for it in items))
         log(f"wrote {len(items)} items to {args.write_items}")
         return 0
     log(f"loading the teacher on {device}")
