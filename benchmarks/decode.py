@@ -12,8 +12,10 @@ Models (random weights, bf16): RetNet ``RetNetConfig.from_preset("1.3b")`` (hidd
 
 What runs:
 - RetNet: ``retnet.generation.DecodeLoop``, the loop ``generate`` and the app run, with its CUDA-graph
-  step (``retnet/cuda_decode.py``), decode state in float32 and in bfloat16. One "eager" row (the
-  plain per-layer path, ``cuda_graph=False``) at batch 1 shows what the graph removes.
+  step (``retnet/cuda_decode.py``, fused projections), decode state in float32 and in bfloat16. At
+  batch 1 and the first context: an "eager" row (the plain per-layer path, ``cuda_graph=False``) shows
+  what the graph removes, an "unfused" row (q, k, v, gate and the FFN inputs as separate products)
+  what fusing them gains; ``--compile`` adds the step under torch.compile, fused and unfused.
 - Transformer: our own gpt-fast-style loop (no torch.compile): a static KV cache of context + steps
   slots per layer, the single-token step of all layers captured in one CUDA graph, attention over the
   cache as split-K matmuls ("flash-decoding" in tensor ops) or SDPA with a mask; both are timed at
@@ -177,7 +179,7 @@ def check_llama(model, device) -> dict:
 
 
 def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Clock, graph: bool = True,
-                 compile: bool = False) -> dict:
+                 compile: bool = False, fuse: bool = True) -> dict:
     device = clock.device
     cfg = model.config
     g = torch.Generator(device=device).manual_seed(batch)
@@ -187,11 +189,9 @@ def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Cloc
     state.offsets.fill_(context)
     logits = torch.randn(batch, cfg.vocab_size, device=device, generator=g)
     sampling = SamplingConfig(max_new_tokens=1 << 30)
-    if compile:  # the compiled step is not the default path: build its decoder by hand
-        loop = DecodeLoop(model, logits, state, sampling, cuda_graph=graph, state_dtype=state_dtype)
-        loop._decoder = cuda_decode.GraphDecoder(model, batch, state_dtype, compile=True)
-    else:
-        loop = DecodeLoop(model, logits, state, sampling, cuda_graph=graph, state_dtype=state_dtype)
+    loop = DecodeLoop(model, logits, state, sampling, cuda_graph=graph, state_dtype=state_dtype)
+    if graph and (compile or not fuse):  # not the default decoder: build it by hand
+        loop._decoder = cuda_decode.GraphDecoder(model, batch, state_dtype, compile=compile, fuse=fuse)
     t0 = clock.now()
     loop.read(loop.sample())  # the first read captures the graph (and copies the state in)
     first_s = clock.now() - t0
@@ -210,7 +210,7 @@ def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Cloc
     del loop, dec
     cuda_decode.release(model)
     cleanup(device)
-    name = "retnet" + ("" if graph else " eager") + (" compiled" if compile else "")
+    name = "retnet" + ("" if graph else " eager") + (" compiled" if compile else "") + ("" if fuse else " unfused")
     return dict(model=name, variant=f"state {str(state_dtype).replace('torch.', '')}", context=context,
                 batch=batch, ms_per_token=1e3 * per_token, graph_ms=graph_ms, tokens_per_s=batch / per_token,
                 peak_gb=None if peak is None else peak / GB, first_step_s=first_s, floor_ms=1e3 * floor,
@@ -380,10 +380,12 @@ def bench_retnet(run: Run, args, clock: Clock) -> None:
         run.add(row)
         if row["ms_per_token"] is None:
             failed.add(state_dtype)
+    if device.type == "cuda" and not run.over_budget(args.retnet_share):  # separate projections, batch 1
+        run.add(attempt(run, retnet_point, model, args.contexts[0], 1, torch.float32, args, clock, fuse=False))
     if args.compile and device.type == "cuda" and not run.over_budget(args.retnet_share):
-        for context in args.contexts[:1]:
+        for fuse in (True, False):
             try:
-                row = retnet_point(model, context, 1, torch.float32, args, clock, compile=True)
+                row = retnet_point(model, args.contexts[0], 1, torch.float32, args, clock, compile=True, fuse=fuse)
                 run.add(row)
             except Exception as e:  # compiling is optional: report, go on
                 print(f"compiled RetNet step failed: {type(e).__name__}: {e}", flush=True)
@@ -494,10 +496,13 @@ def summary(rows) -> list[str]:
     eager = _ok(rows, model="retnet eager")
     if eager and b1:
         out.append(f"- eager per-layer path (before the graph): {eager[0]['ms_per_token']:.1f} ms/token at batch 1")
-    comp = _ok(rows, model="retnet compiled")
-    if comp:
-        out.append(f"- compiled + graph step: {comp[0]['ms_per_token']:.2f} ms/token at batch 1 "
-                   f"(graph alone {fmt(comp[0].get('graph_ms'))} ms)")
+    for name, what in (("retnet unfused", "graph step with separate projections (8 products a layer)"),
+                       ("retnet compiled", "compiled + graph step"),
+                       ("retnet compiled unfused", "compiled + graph step, separate projections")):
+        row = _ok(rows, model=name)
+        if row:
+            out.append(f"- {what}: {row[0]['ms_per_token']:.2f} ms/token at batch 1 "
+                       f"(graph alone {fmt(row[0].get('graph_ms'))} ms)")
     return out
 
 

@@ -16,7 +16,12 @@ the median step time over --steps after --warmup steps, tokens/s (batch x length
 peak allocated memory over the timed steps. On the CPU (--quick) the two checkpointed losses are
 first checked against the models' plain forward.
 
-Writes OUT/NAME.md and OUT/NAME.json (NAME: train_<gpu>, or train_cpu_quick).
+--compile wraps every layer of both models in torch.compile (the retention kernels stay opaque:
+``ops.chunk_retention`` is a graph break), to measure how much of a step is unfused elementwise work.
+--profile records one more step of each model with torch.profiler and writes OUT/NAME_profile.txt:
+GPU time by kind of kernel (matrix products, retention or flash attention, the rest) and the top kernels.
+
+Writes OUT/NAME.md and OUT/NAME.json (NAME: train_<gpu>, or train_cpu_quick; _compiled with --compile).
 """
 
 from __future__ import annotations
@@ -101,6 +106,47 @@ def check_losses(name: str, model, tokens: torch.Tensor) -> float:
     return abs(ours.item() - plain.item())
 
 
+def compile_layers(model) -> None:
+    """Each layer through torch.compile (one graph for all layers: same code, same shapes)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    layers = model.layers if isinstance(model, RetNetForCausalLM) else model.model.layers
+    for i, layer in enumerate(layers):
+        layers[i] = torch.compile(layer, dynamic=False)
+
+
+KERNEL_KINDS = (("matrix products", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas")),
+                ("flash attention", ("flash",)),
+                ("retention (Triton)", ("retention", "_chunk", "_scan", "_scores")),
+                ("optimizer", ("adam", "multi_tensor")))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other (elementwise, norms)")
+
+
+def profile_step(name: str, step, device) -> str:
+    """One step under torch.profiler: GPU time per kind of kernel and the 25 most expensive kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    kinds: dict[str, float] = {}
+    for e in events:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+    lines = [f"## {name}: {total / 1e3:.1f} ms of GPU kernels in one step", ""]
+    for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"- {kind}: {t / 1e3:.1f} ms ({100 * t / total:.0f}%)")
+    lines += ["", "| kernel | calls | ms | share |", "|---|---:|---:|---:|"]
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
+        lines.append(f"| {e.key[:90]} | {e.count} | {e.self_device_time_total / 1e3:.1f} | "
+                     f"{100 * e.self_device_time_total / total:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(name: str, model, args) -> dict:
     device = args.device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -129,6 +175,8 @@ def measure(name: str, model, args) -> dict:
         sync(device)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
+    if args.profile:
+        args.profiles.append(profile_step(name, step, device))
     sec = statistics.median(times)
     return dict(model=name, parameters=sum(p.numel() for p in model.parameters()), batch=args.batch,
                 length=args.length, step_s=sec, tokens_per_s=args.batch * args.length / sec, peak_gb=peak,
@@ -151,7 +199,8 @@ def build(name: str, args):
 def report(meta: dict, rows: list[dict]) -> str:
     lines = [f"# Training step at {meta['length']} tokens: RetNet vs Transformer ({meta['device_name']})", "",
              f"Command: `{meta['command']}`", "",
-             f"torch {meta['torch']}; fp32 weights, bf16 autocast (CUDA), AdamW, every layer checkpointed, "
+             f"torch {meta['torch']}; fp32 weights, bf16 autocast (CUDA), AdamW, every layer checkpointed"
+             f"{' and compiled (torch.compile)' if meta.get('compiled') else ''}, "
              f"loss in slices of {meta['loss_slice']}; RetNet on the '{meta['retnet_backend']}' retention backend, "
              f"Transformer with SDPA {'flash attention' if meta['device_name'] != 'cpu' else '(CPU)'}. "
              f"Median of {meta['steps']} steps after {meta['warmup']}.", "",
@@ -185,9 +234,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--models", nargs="+", default=["retnet", "transformer"], choices=["retnet", "transformer"])
     ap.add_argument("--loss-slice", type=int, default=None, help="positions per loss slice (default 1024)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every layer of both models")
+    ap.add_argument("--profile", action="store_true", help="profile one step of each model (NAME_profile.txt)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
+    args.profiles = []
     args.device = torch.device(args.device)
     quick = args.quick
     args.batch = args.batch or 2
@@ -200,13 +252,14 @@ def main() -> None:
     cuda = args.device.type == "cuda"
     device_name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
     gpu = next((w.lower() for w in device_name.split() if w[:1] in "HABL" and any(c.isdigit() for c in w)), "gpu")
-    args.name = args.name or (f"train_{gpu}" if cuda else "train_cpu") + ("_quick" if quick else "")
+    args.name = args.name or ((f"train_{gpu}" if cuda else "train_cpu") + ("_quick" if quick else "")
+                              + ("_compiled" if args.compile else ""))
     probe = torch.empty(1, 1, 1, ops.MIN_TRITON_K, device=args.device)  # the backend of wide heads
     meta = dict(device_name=device_name, torch=torch.__version__, length=args.length, batch=args.batch,
                 steps=args.steps, warmup=args.warmup, command=" ".join(["PYTHONPATH=. python benchmarks/train.py",
                                                                          *sys.argv[1:]]),
                 retnet_backend=ops._resolve(None, probe), platform=platform.platform(), checks={},
-                loss_slice=LOSS_SLICE)
+                loss_slice=LOSS_SLICE, compiled=args.compile)
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
@@ -217,6 +270,8 @@ def main() -> None:
             meta["checks"][name] = check_losses(name, model, small)
             if meta["checks"][name] > 1e-4:
                 raise SystemExit(f"{name}: the checkpointed loss differs from the plain loss by {meta['checks'][name]}")
+        if args.compile:
+            compile_layers(model)
         try:
             row = measure(name, model, args)
         except torch.OutOfMemoryError as e:
@@ -230,6 +285,8 @@ def main() -> None:
         (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = report(meta, rows)
     (args.out / f"{args.name}.md").write_text(text)
+    if args.profiles:
+        (args.out / f"{args.name}_profile.txt").write_text("\n".join(args.profiles))
     print(text)
 
 

@@ -29,10 +29,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as it is: the message names the file or key."""
 
 
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy when it is a view into a larger buffer (fused projections, retnet.fused_projections):
+    safetensors refuses tensors that share memory."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
 def save_pretrained(model, path: str | Path, tokenizer=None) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: _own_storage(v.detach().contiguous().cpu()) for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         tensors.pop("lm_head.weight")  # the same tensor as embed.weight
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))

@@ -32,6 +32,13 @@ a state object never shows another sequence's data. Padding rows (a ``mask``) us
 Capture constraints honoured by ``decode_step``: no host synchronisation, no allocation that depends
 on data, no device copies of constants (they are made before capture, in ``StepPlan``).
 
+Fused projections. Each decoder first lays out every layer's q, k, v and gate weights as one matrix,
+and the FFN's two input projections as another (``retnet.fused_projections``, in place: the model's
+parameters become views of the fused buffers, values and names unchanged), so a layer reads its
+weights in four matrix-vector products instead of eight: at batch 1 each product pays a fixed latency
+before it streams at full bandwidth. ``fuse=False``, ``configure(fuse=False)`` or
+``RETNET_DECODE_FUSE=0`` keep the separate products.
+
 ``GraphDecoder(..., compile=True)`` (``decoder_for(..., compile=True)``; for every automatic decoder
 ``RETNET_DECODE_COMPILE=1`` or ``configure(compile=True)``) runs the step through torch.compile before
 capturing it, which fuses the many small elementwise kernels of each layer (norms, rotary, gate). On an
@@ -52,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from .fused_projections import FusedLayer, fuse_projections
 from .state import RetentionState
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -61,18 +69,22 @@ if _state_dtype_name not in _DTYPES:
     raise ValueError(f"RETNET_DECODE_STATE={_state_dtype_name!r}; choose float32 or bfloat16")
 _default_state_dtype: torch.dtype = _DTYPES[_state_dtype_name]
 _compile = os.environ.get("RETNET_DECODE_COMPILE", "0") not in ("0", "", "false", "off")
+_fuse = os.environ.get("RETNET_DECODE_FUSE", "1") not in ("0", "", "false", "off")
 MAX_CACHED = 2  # decoders kept per model (each holds a batch's state and a graph)
 
 
 def configure(enabled: bool | None = None, state_dtype: torch.dtype | str | None = None,
-              compile: bool | None = None) -> None:
-    """Switch the automatic CUDA-graph decode on or off, pick the default decode state dtype, and whether
-    automatic decoders compile their step (torch.compile) before capturing it."""
-    global _enabled, _default_state_dtype, _compile
+              compile: bool | None = None, fuse: bool | None = None) -> None:
+    """Switch the automatic CUDA-graph decode on or off, pick the default decode state dtype, whether
+    automatic decoders compile their step (torch.compile) before capturing it, and whether they fuse
+    same-input projections (retnet.fused_projections; on by default)."""
+    global _enabled, _default_state_dtype, _compile, _fuse
     if enabled is not None:
         _enabled = bool(enabled)
     if compile is not None:
         _compile = bool(compile)
+    if fuse is not None:
+        _fuse = bool(fuse)
     if state_dtype is not None:
         _default_state_dtype = resolve_state_dtype(state_dtype)
 
@@ -97,16 +109,36 @@ class StepPlan:
     log_decays: list[Tensor]  # per layer [H], in the compute dtype
     inv_freq: Tensor  # [K/2] float64
     in_place_kernel: bool  # ops.retention_step updates the state itself (Triton) for any state dtype
+    fused: list[FusedLayer] | None = None  # per layer, one matrix per group of same-input projections
 
 
-def step_plan(model) -> StepPlan:
+def step_plan(model, fuse: bool = False) -> StepPlan:
+    """The step's constants; with `fuse`, the model's same-input projections are first laid out as one
+    matrix each (retnet.fused_projections: in place, values unchanged)."""
     weight = model.embed.weight
     dt = ops.reference.compute_dtype(weight)
     device = weight.device
     layers = [block.retention for block in model.layers]
     probe = torch.empty(0, 0, 0, model.config.head_k_dim, device=device, dtype=weight.dtype)  # device and K
     return StepPlan([attn._log_decay.on(device).to(dt) for attn in layers], layers[0]._inv_freq.on(device),
-                    ops._resolve(None, probe) == "triton")
+                    ops._resolve(None, probe) == "triton", fuse_projections(model) if fuse else None)
+
+
+def _projections(attn, fused: FusedLayer | None, xq: Tensor, xk: Tensor, xv: Tensor, h: Tensor):
+    """q, k, v and the gate's pre-activation (None without a gate): one product when fused."""
+    if fused is not None and fused.attention is not None:
+        parts = F.linear(h, fused.attention).split(fused.attention_split, dim=-1)
+        return (*parts, None) if len(parts) == 3 else parts
+    g = attn.g_proj(h) if attn.g_proj is not None else None
+    return attn.q_proj(xq), attn.k_proj(xk), attn.v_proj(xv), g
+
+
+def _ffn(ffn, fused: FusedLayer | None, x: Tensor) -> Tensor:
+    """GatedFFN.forward, with its two input projections as one product when fused."""
+    if fused is None or fused.ffn is None:
+        return ffn(x)
+    a, b = F.linear(x, fused.ffn).split(fused.ffn_split, dim=-1)
+    return ffn.down_proj(ffn.activation(a) * b)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
@@ -173,9 +205,9 @@ def decode_step(model, plan: StepPlan, tokens: Tensor, layers: list[Tensor], off
             xq, xk, xv = (h + mu.to(h.dtype) * delta for mu in (attn.shift_q, attn.shift_k, attn.shift_v))
             now = h[:, 0] if mask is None else torch.where(mask[:, None], h[:, 0], x_prev[:, 0])
             last.copy_(now.to(last.dtype))
-        q = attn.q_proj(xq).view(B, 1, H, K).to(dt)
-        k = attn.k_proj(xk).view(B, 1, H, K).to(dt)
-        v = attn.v_proj(xv).view(B, 1, H, V)
+        fused = plan.fused[i] if plan.fused is not None else None
+        q, k, v, g = _projections(attn, fused, xq, xk, xv, h)
+        q, k, v = q.reshape(B, 1, H, K).to(dt), k.reshape(B, 1, H, K).to(dt), v.reshape(B, 1, H, V)
         if cfg.qk_scale_on == "k":
             k = k * K**-0.5
         else:
@@ -184,10 +216,10 @@ def decode_step(model, plan: StepPlan, tokens: Tensor, layers: list[Tensor], off
         k = _rotate(k, cos, sin, cfg.rotary_style).to(v.dtype)
         o = update(q, k, v, plan.log_decays[i], layers[i], mask, plan.in_place_kernel)
         o = attn.out_norm(o.to(dt)).reshape(B, 1, H * V)
-        if attn.g_proj is not None:
-            o = o * F.silu(attn.g_proj(h).to(o.dtype))
+        if g is not None:
+            o = o * F.silu(g.to(o.dtype))
         x = x + attn.o_proj(o.to(h.dtype))
-        x = x + block.ffn(block.ffn_norm(x))
+        x = x + _ffn(block.ffn, fused, block.ffn_norm(x))
     offsets.add_(1 if mask is None else mask.long())
     return model.lm_head(model.final_norm(x))[:, 0]
 
@@ -209,8 +241,9 @@ class GraphDecoder:
     """
 
     def __init__(self, model, batch_size: int, state_dtype: torch.dtype | None = None, use_graph: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, fuse: bool = True):
         cfg = model.config
+        self.plan = step_plan(model, fuse=fuse)  # before the weights' key: fusing may move them (once)
         weight = model.embed.weight
         self.device = weight.device
         dt = ops.reference.compute_dtype(weight)
@@ -228,7 +261,6 @@ class GraphDecoder:
                                        device=self.device) for _ in range(cfg.num_layers)]
             self.last_inputs = ([torch.zeros(B, cfg.hidden_size, dtype=dt, device=self.device)
                                  for _ in range(cfg.num_layers)] if cfg.token_shift else None)
-        self.plan = step_plan(model)
         self._fn = _compiled_step() if compile else decode_step
         self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.lock = threading.RLock()  # one thread at a time steps, samples from or takes over the buffers
@@ -366,7 +398,7 @@ def _register_retention_op():
 
 # -- which decoder a loop uses --------------------------------------------------------------------------
 
-_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, dtype, compile): decoder}
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, dtype, compile, fuse): decoder}
 _cache_lock = threading.Lock()
 
 
@@ -398,12 +430,12 @@ def decoder_for(model, batch_size: int, state_dtype: torch.dtype | str | None = 
         dtype = torch.float64
     with _cache_lock:
         per_model = _cache.setdefault(model, {})
-        key = (batch_size, dtype, compile)
+        key = (batch_size, dtype, compile, _fuse)
         dec = per_model.get(key)
         if dec is not None and dec.weights_key != _weights_key(model):
             dec = None  # weights moved (reloaded, .to()): the graph would read stale addresses
         if dec is None:
-            dec = GraphDecoder(model, batch_size, dtype, compile=compile)
+            dec = GraphDecoder(model, batch_size, dtype, compile=compile, fuse=_fuse)
         per_model.pop(key, None)
         per_model[key] = dec  # most recently used last
         while len(per_model) > MAX_CACHED:

@@ -140,6 +140,11 @@ def test_train_and_prefill_benchmarks_run(tmp_path):
     train = json.loads((tmp_path / "train_cpu_quick.json").read_text())
     assert [r["model"] for r in train["rows"]] == ["retnet", "transformer"]
     assert all(err < 1e-4 for err in train["meta"]["checks"].values())
+    _run("train.py", tmp_path, "--compile", "--profile")  # the same steps through compiled layers
+    compiled = json.loads((tmp_path / "train_cpu_quick_compiled.json").read_text())
+    for eager, comp in zip(train["rows"], compiled["rows"], strict=True):
+        assert abs(eager["loss"] - comp["loss"]) < 1e-4 * abs(eager["loss"]), (eager, comp)
+    assert (tmp_path / "train_cpu_quick_compiled_profile.txt").read_text().count("## ") == 2
     _run("prefill.py", tmp_path)
     prefill = json.loads((tmp_path / "prefill_cpu_quick.json").read_text())
     seen = {(r["case"], r["model"], r["variant"]) for r in prefill["rows"]}
