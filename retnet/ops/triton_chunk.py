@@ -168,7 +168,10 @@ def _scores_kernel(
     tl.store(p_base + offs_t[:, None] * BT + offs_t[None, :], A.to(p_ptr.dtype.element_ty))
 
 
-@triton.jit
+# T and NT are not specialized: Triton 3.6 compiles a separate kernel for T == 1 or NT == 1, and on an
+# H200 the scan launched after another specialization of itself read shared memory out of bounds (the
+# app's prefill of a 13-token prompt, then 355, then 14 tokens; benchmarks/results/rag_loop_h200.md).
+@triton.jit(do_not_specialize=["T", "NT"])
 def _chunk_retention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, oacc_ptr, p_ptr, g_ptr,
     s0_ptr, s0_sb, s0_sh, s0_sk, s0_sv,  # initial state, any strides (a transpose works without a copy)
