@@ -16,8 +16,9 @@ the median step time over --steps after --warmup steps, tokens/s (batch x length
 peak allocated memory over the timed steps. On the CPU (--quick) the two checkpointed losses are
 first checked against the models' plain forward.
 
---compile wraps every layer of both models in torch.compile (the retention kernels stay opaque:
-``ops.chunk_retention`` is a graph break), to measure how much of a step is unfused elementwise work.
+--compile wraps every layer of both models in torch.compile (the retention kernels are custom ops, one
+opaque node each way, so each layer is one graph), to measure how much of a step is unfused elementwise
+work.
 --profile records one more step of each model with torch.profiler and writes OUT/NAME_profile.txt:
 GPU time by kind of kernel (matrix products, retention or flash attention, the rest) and the top kernels.
 

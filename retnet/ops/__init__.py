@@ -141,8 +141,6 @@ def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None,
     return o, (st if output_final_state else None)
 
 
-# Opaque to torch.compile: a compiled model breaks its graph here and runs the kernels as they are.
-@torch.compiler.disable
 def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, backend=None, *,
                     output_final_state=True) -> tuple[Tensor, Tensor | None]:
     """Chunkwise retention: (o, final state). q, k [B, T, H, K], v [B, T, H, V], log_decay [H],

@@ -416,48 +416,103 @@ def retention_fwd(q, k, v, log_decay, init=None, *, reverse=False, final_state=F
     return o, st, (scores if want_scores else None)
 
 
-class ChunkRetentionFunction(torch.autograd.Function):
-    """o, S_T = retention(q, k, v, S_{-1}); differentiable in q, k, v and the initial state.
+# -- autograd, as torch.library custom ops -----------------------------------------------------------------
+# Custom ops rather than an autograd.Function: torch.compile keeps them whole (one opaque node, no graph
+# break), so a compiled layer, activation checkpointing included, traces end to end around the kernels.
+# An output that was not asked for is an empty tensor (custom ops return tensors, not None).
 
-    log_decay gets no gradient (it is a fixed buffer in RetNet).
-    """
 
-    @staticmethod
-    def forward(ctx, q, k, v, log_decay, state, output_final_state):
-        training = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 4))
-        # Keep the forward's scores for the backward's dv run.
-        o, st, P = retention_fwd(q, k, v, log_decay, state, final_state=output_final_state, want_scores=training)
-        ctx.save_for_backward(q, k, v, log_decay, state, P)
-        ctx.has_state = state is not None
-        return o, st
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def backward(ctx, do, dst):
-        q, k, v, log_decay, state, P_f = ctx.saved_tensors
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        g = log_decay.to(device=q.device, dtype=acc)
-        do = do.contiguous()
-        # dS_T / gamma starts the reversed runs (see the module docstring).
-        rinit = None if dst is None else dst.to(acc) * torch.exp(-g)[None, :, None, None]
-        need_ds0 = ctx.has_state and ctx.needs_input_grad[4]
-        dq = dk = dv = ds0 = None
-        P_b = None  # scores of (dO, v), shared by the dq run and (transposed) the dk run
-        if ctx.needs_input_grad[0]:
-            dq, _, P_b = retention_fwd(do, v, k, g, state.transpose(2, 3) if ctx.has_state else None,
-                                          want_scores=ctx.needs_input_grad[1])
-        if ctx.needs_input_grad[2] or need_ds0:
-            dv, ds0, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0,
-                                          scores=P_f, scores_transposed=True)
-            if need_ds0:
-                ds0 = (ds0 * torch.exp(g)[None, :, None, None]).to(state.dtype)
-        if ctx.needs_input_grad[1]:
-            dk, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
-                                        reverse=True, scores=P_b, scores_transposed=True)
-        return dq, dk, dv, None, ds0, None
+
+def _maybe(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is not None and t.numel() > 0 else None
+
+
+@torch.library.custom_op("retnet_rag::chunk_retention", mutates_args=())
+def _retention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                  state: torch.Tensor | None, final_state: bool, want_scores: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, final state or empty, the forward's scores for the backward or empty)."""
+    o, st, P = retention_fwd(q, k, v, log_decay, state, final_state=final_state, want_scores=want_scores)
+    acc = _acc_dtype(q)  # outputs may not alias each other: one empty tensor each
+    return o, (st if st is not None else q.new_empty(0, dtype=acc)), (P if P is not None else q.new_empty(0, dtype=acc))
+
+
+@_retention_op.register_fake
+def _(q, k, v, log_decay, state, final_state, want_scores):
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    acc = _acc_dtype(q)
+    st = q.new_empty(B, H, DK, DV, dtype=acc) if final_state else q.new_empty(0, dtype=acc)
+    if want_scores:
+        BT = _config(min(DK, MAX_SLICE), DV, q.dtype, q.device)["BT"]
+        pdt = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else acc
+        P = q.new_empty(B, H, triton.cdiv(T, BT), BT, BT, dtype=pdt)
+    else:
+        P = q.new_empty(0, dtype=acc)
+    return q.new_empty(B, T, H, DV), st, P
+
+
+@torch.library.custom_op("retnet_rag::chunk_retention_backward", mutates_args=())
+def _retention_backward_op(do: torch.Tensor, dst: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor, log_decay: torch.Tensor, state: torch.Tensor | None,
+                           scores: torch.Tensor, needs: list[bool]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, d initial state), each empty where `needs` (q, k, v, state) says it is not wanted."""
+    need_dq, need_dk, need_dv, need_ds0 = needs
+    acc = _acc_dtype(q)
+    g = log_decay.to(device=q.device, dtype=acc)
+    do = do.contiguous()
+    P_f = _maybe(scores)
+    # dS_T / gamma starts the reversed runs (see the module docstring).
+    rinit = None if dst is None else dst.to(acc) * torch.exp(-g)[None, :, None, None]
+    need_ds0 = need_ds0 and state is not None
+    dq, dk, dv, ds0 = (q.new_empty(0) for _ in range(4))  # outputs may not alias each other
+    P_b = None  # scores of (dO, v), shared by the dq run and (transposed) the dk run
+    if need_dq:
+        dq, _, P_b = retention_fwd(do, v, k, g, state.transpose(2, 3) if state is not None else None,
+                                   want_scores=need_dk)
+    if need_dv or need_ds0:
+        dv, ds0, _ = retention_fwd(k, q, do, g, rinit, reverse=True, final_state=need_ds0,
+                                   scores=P_f, scores_transposed=True)
+        ds0 = (ds0 * torch.exp(g)[None, :, None, None]).to(state.dtype) if need_ds0 else q.new_empty(0)
+        dv = dv if need_dv else q.new_empty(0)
+    if need_dk:
+        dk, _, _ = retention_fwd(v, do, q, g, None if rinit is None else rinit.transpose(2, 3),
+                                 reverse=True, scores=P_b, scores_transposed=True)
+    return dq, dk, dv, ds0
+
+
+@_retention_backward_op.register_fake
+def _(do, dst, q, k, v, log_decay, state, scores, needs):
+    return tuple(t.new_empty(t.shape) if need and t is not None else q.new_empty(0)
+                 for t, need in zip((q, k, v, state), needs, strict=True))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, log_decay, state, final_state, _ = inputs
+    ctx.save_for_backward(q, k, v, log_decay, state, output[2])
+    ctx.final_state = final_state
+
+
+def _backward(ctx, do, dst, _dscores):
+    q, k, v, log_decay, state, scores = ctx.saved_tensors
+    needs = [bool(ctx.needs_input_grad[i]) for i in (0, 1, 2, 4)]
+    dst = _maybe(dst) if ctx.final_state else None
+    dq, dk, dv, ds0 = _retention_backward_op(do, dst, q, k, v, log_decay, state, scores, needs)
+    return (_maybe(dq), _maybe(dk), _maybe(dv), None, _maybe(ds0) if state is not None else None, None, None)
+
+
+torch.library.register_autograd("retnet_rag::chunk_retention", _backward, setup_context=_setup_context)
 
 
 def chunk_retention_triton(q, k, v, log_decay, state=None, output_final_state=True):
-    """Autograd-aware entry point: (o, final state or None)."""
-    if state is not None and state.dtype != (torch.float64 if q.dtype == torch.float64 else torch.float32):
+    """Autograd-aware entry point: (o, final state or None). log_decay gets no gradient (a fixed buffer)."""
+    if state is not None and state.dtype != _acc_dtype(q):
         state = state.float()
-    return ChunkRetentionFunction.apply(q, k, v, log_decay, state, output_final_state)
+    # The forward's scores are kept for the backward's dv run when a gradient will be asked for.
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, state))
+    o, st, _ = _retention_op(q, k, v, log_decay, state, output_final_state, training)
+    return o, (st if output_final_state else None)
