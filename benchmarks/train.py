@@ -84,9 +84,10 @@ def lm_loss(head, hidden: torch.Tensor, targets: torch.Tensor, ckpt: bool) -> to
 
 def loss_fn(name: str, model, tokens: torch.Tensor, ckpt: bool = True) -> torch.Tensor:
     ids, targets = tokens[:, :-1], tokens[:, 1:]
+    layer_ckpt = ckpt and not getattr(model, "layers_checkpointed", False)  # compiled layers checkpoint themselves
     if name == "retnet":
-        return lm_loss(model.lm_head, retnet_hidden(model, ids, ckpt), targets, ckpt)
-    return lm_loss(model.lm_head, model.forward_hidden(ids, checkpoint=ckpt), targets, ckpt)
+        return lm_loss(model.lm_head, retnet_hidden(model, ids, layer_ckpt), targets, ckpt)
+    return lm_loss(model.lm_head, model.forward_hidden(ids, checkpoint=layer_ckpt), targets, ckpt)
 
 
 def attention_context(name: str, device: torch.device):
@@ -107,12 +108,26 @@ def check_losses(name: str, model, tokens: torch.Tensor) -> float:
     return abs(ours.item() - plain.item())
 
 
+class CheckpointedLayer(torch.nn.Module):
+    """A layer whose activations are recomputed in the backward pass (non-reentrant checkpoint)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args):
+        return checkpoint(self.layer, *args, use_reentrant=False)
+
+
 def compile_layers(model) -> None:
-    """Each layer through torch.compile (one graph for all layers: same code, same shapes)."""
+    """Each layer checkpointed, then compiled: torch.compile outside the checkpoint, so the recomputation
+    runs the same compiled graph (compiling inside a non-reentrant checkpoint under autocast fails its
+    recompute check: pytorch/pytorch#141896). One graph serves every layer: same code, same shapes."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     layers = model.layers if isinstance(model, RetNetForCausalLM) else model.model.layers
     for i, layer in enumerate(layers):
-        layers[i] = torch.compile(layer, dynamic=False)
+        layers[i] = torch.compile(CheckpointedLayer(layer), dynamic=False)
+    model.layers_checkpointed = True
 
 
 KERNEL_KINDS = (("flash attention", ("flash",)),  # before the products: flash kernels' names hold "cutlass"
