@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements in one go (~6-8 minutes on one H200 before the RAG loop step, which is not yet
-# timed on a GPU), from the repository root:
+# Issue 15's GPU measurements in one go (~6-8 minutes on one H200, plus ~1 minute for the RAG loop step), from the
+# repository root:
 #
 #     bash benchmarks/gpu_suite.sh
 #
