@@ -51,6 +51,12 @@ class Snapshot:
         return self.state.nbytes + self.logits.numel() * self.logits.element_size()
 
 
+# A turn read from an empty state takes a snapshot per passage end. With room for fewer snapshots than this,
+# they evict each other within a turn or two, so storing them only costs copies (and, on a GPU, a forward
+# call per passage instead of one): the 1.3B shape's 98 MB states against the default 256 MB budget.
+MIN_ENTRIES = 4
+
+
 class PrefixCache:
     """LRU map from prefix key to Snapshot, bounded by ``max_bytes``. Thread-safe."""
 
@@ -89,11 +95,20 @@ class PrefixCache:
             self.misses += 1
             return -1, None
 
+    @staticmethod
+    def snapshot_bytes(state: RetentionState, vocab_size: int) -> int:
+        """What one snapshot of ``state`` (with its float32 logits) costs in the budget."""
+        return state.nbytes + 4 * vocab_size
+
+    def worth_storing(self, nbytes: int) -> bool:
+        """Whether snapshots of this size are worth taking: at least MIN_ENTRIES fit in the budget."""
+        return nbytes * MIN_ENTRIES <= self.max_bytes
+
     def put(self, key: bytes, state: RetentionState, logits: Tensor, tokens: int) -> bool:
         """Store a copy of ``state`` (and the boundary's logits). False if it cannot fit at all."""
+        if self.snapshot_bytes(state, logits.numel()) > self.max_bytes:
+            return False  # decided before copying: the copy of a large state is what costs
         snap = Snapshot(state.clone().to("cpu"), logits.detach().reshape(-1).float().clone().cpu(), tokens)
-        if snap.nbytes > self.max_bytes:
-            return False
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:

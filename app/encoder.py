@@ -196,7 +196,8 @@ class Reader:
             bounds.append(bounds[-1] + n)
         start, logits, cached = 0, None, 0
         cache = self.cache
-        store = cache is not None and (self.cache_snapshots == "all" or int(state.offsets.max()) == 0)
+        store = (cache is not None and (self.cache_snapshots == "all" or int(state.offsets.max()) == 0)
+                 and cache.worth_storing(cache.snapshot_bytes(state, self.model.config.vocab_size)))
         if cache is not None:
             i, snap = cache.lookup([kk if snapshot_at[j] else b"" for j, kk in enumerate(keys)])
             if snap is not None:

@@ -116,6 +116,26 @@ def test_many_turns_never_exceed_the_cache_budget(model, byte_tok):
     assert reader.cache.evictions > 0
 
 
+def test_no_snapshots_when_too_few_fit(model, byte_tok, monkeypatch):
+    """A budget for fewer than MIN_ENTRIES snapshots: a first turn is read in one forward call, nothing is
+    copied into the cache, and the result is the same as without a cache."""
+    from app.cache import MIN_ENTRIES
+
+    one = PrefixCache.snapshot_bytes(model.new_state(), model.config.vocab_size)
+    calls = []
+    orig = model.forward_hidden
+    monkeypatch.setattr(model, "forward_hidden", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    for budget, stored in ((MIN_ENTRIES * one - 1, False), (MIN_ENTRIES * one, True)):
+        reader = Reader(model, byte_tok, layout="pq", cache=budget)
+        calls.clear()
+        turn = reader.layout_turn("What does -r do?", PASSAGES)
+        ing = reader.ingest(turn, *fresh(reader))
+        assert (len(reader.cache) > 0) == stored
+        assert (len(calls) == 1) == (not stored)  # with snapshots, one call per passage end
+        ref = Reader(model, byte_tok, layout="pq", cache=None).ingest(turn, *fresh(reader))
+        assert close(ing.logits, ref.logits) and states_close(ing.state, ref.state)
+
+
 # -- decoder ------------------------------------------------------------------------------------
 def _ingest(reader, question="What does -r do?"):
     turn = reader.layout_turn(question, PASSAGES)
