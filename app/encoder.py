@@ -37,10 +37,23 @@ from .errors import EmptyQuestionError, ModelNotFoundError, QuestionTooLongError
 from .options import SAMPLING_FIELDS, AnswerOptions
 
 # When to store prefix snapshots: "start" = only for turns read from an empty state (the start of a
-# session, every one-shot ask, every LangChain call: where identical prefixes recur), "all" = also
-# in the middle of conversations (useful only for forks that ask the same thing; costs a snapshot
-# per passage per turn, up to the cache budget). Lookups happen for every turn either way.
-SNAPSHOT_POLICIES = ("start", "all")
+# session, every one-shot ask, every LangChain call: where identical prefixes recur), at every passage
+# end; "all" = also in the middle of conversations (useful only for forks that ask the same thing; costs a
+# snapshot per passage per turn, up to the cache budget); "turn-end" = like "start", but only the state
+# after the whole turn, so the turn is read in one forward call. On a GPU a call costs ~30-40 ms of
+# per-layer overhead whatever its length, so a snapshot per passage made first turns 3-4x slower than
+# follow-ups, for prefixes that rarely recur (benchmarks/results/rag_loop_h200.md). "auto" (the default)
+# is "turn-end" for a model on a GPU and "start" elsewhere. Lookups happen for every turn either way.
+SNAPSHOT_POLICIES = ("auto", "start", "all", "turn-end")
+
+
+def snapshot_policy(policy: str, device: torch.device) -> str:
+    """The policy a reader on `device` uses for `policy` ("auto" resolved by the device)."""
+    if policy not in SNAPSHOT_POLICIES:
+        raise ValueError(f"cache_snapshots must be one of {SNAPSHOT_POLICIES}, got {policy!r}")
+    if policy == "auto":
+        return "turn-end" if torch.device(device).type == "cuda" else "start"
+    return policy
 
 
 @dataclass
@@ -93,7 +106,7 @@ class Reader:
     """
 
     def __init__(self, model: RetNetForCausalLM, tokenizer: Any, options: AnswerOptions | None = None, *,
-                 cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES, cache_snapshots: str = "start", **overrides):
+                 cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES, cache_snapshots: str = "auto", **overrides):
         """``options`` (default: AnswerOptions()) with keyword ``overrides`` of its fields, e.g. max_new_tokens=8."""
         self.options = options = AnswerOptions.build(options, **overrides)
         self.model = model.eval()
@@ -110,9 +123,7 @@ class Reader:
         if isinstance(cache, int):
             cache = PrefixCache(cache) if cache > 0 else None
         self.cache: PrefixCache | None = cache
-        if cache_snapshots not in SNAPSHOT_POLICIES:
-            raise ValueError(f"cache_snapshots must be one of {SNAPSHOT_POLICIES}, got {cache_snapshots!r}")
-        self.cache_snapshots = cache_snapshots
+        self.cache_snapshots = snapshot_policy(cache_snapshots, self.device)
         self.stops = (chat_stop_conventions if self.chat else L.stop_conventions)(tokenizer, options.stop)
         self.sampling = options.sampling
 
@@ -198,6 +209,8 @@ class Reader:
         cache = self.cache
         store = (cache is not None and (self.cache_snapshots == "all" or int(state.offsets.max()) == 0)
                  and cache.worth_storing(cache.snapshot_bytes(state, self.model.config.vocab_size)))
+        if self.cache_snapshots == "turn-end":  # one snapshot, after the whole turn: one forward call
+            snapshot_at = [False] * (len(chunk_lengths) - 1) + [True]
         if cache is not None:
             i, snap = cache.lookup([kk if snapshot_at[j] else b"" for j, kk in enumerate(keys)])
             if snap is not None:

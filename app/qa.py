@@ -58,7 +58,7 @@ class MultiDocQA:
     def __init__(self, collection: Any = "default", *, data_dir: str | os.PathLike | None = None,
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, create: bool = True,
                  options: AnswerOptions | None = None, cache: PrefixCache | int | None = DEFAULT_CACHE_BYTES,
-                 cache_snapshots: str = "start", device=None, threads: int | None = None,
+                 cache_snapshots: str = "auto", device=None, threads: int | None = None,
                  quantize: str | None = None, **overrides):
         self.options = options = AnswerOptions.build(options, **overrides)
         loads_model = model is None or isinstance(model, (str, os.PathLike))

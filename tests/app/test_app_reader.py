@@ -136,6 +136,35 @@ def test_no_snapshots_when_too_few_fit(model, byte_tok, monkeypatch):
         assert close(ing.logits, ref.logits) and states_close(ing.state, ref.state)
 
 
+def test_turn_end_snapshots_read_a_turn_in_one_call(model, byte_tok, monkeypatch):
+    """"turn-end" (the GPU default): a first turn is one forward call and one snapshot, after the whole
+    turn; the same turn again is not encoded at all; a turn sharing only the passages is encoded in full."""
+    calls = []
+    orig = model.forward_hidden
+    monkeypatch.setattr(model, "forward_hidden", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    reader = Reader(model, byte_tok, layout="pq", cache_snapshots="turn-end")
+    turn = reader.layout_turn("What does -r do?", PASSAGES)
+    first = reader.ingest(turn, *fresh(reader))
+    assert len(calls) == 1 and len(reader.cache) == 1
+    ref = Reader(model, byte_tok, layout="pq", cache=None).ingest(turn, *fresh(reader))
+    assert close(first.logits, ref.logits) and states_close(first.state, ref.state)
+    calls.clear()
+    again = reader.ingest(turn, *fresh(reader))
+    assert calls == [] and again.cached_tokens == again.prompt_tokens
+    other = reader.ingest(reader.layout_turn("What does -d do?", PASSAGES), *fresh(reader))
+    assert other.cached_tokens == 0 and len(calls) == 1
+
+
+def test_the_snapshot_policy_follows_the_device():
+    from app.encoder import snapshot_policy
+
+    assert snapshot_policy("auto", torch.device("cuda", 0)) == "turn-end"
+    assert snapshot_policy("auto", torch.device("cpu")) == "start"
+    assert snapshot_policy("all", torch.device("cuda")) == "all"
+    with pytest.raises(ValueError, match="cache_snapshots must be one of"):
+        snapshot_policy("sometimes", torch.device("cpu"))
+
+
 # -- decoder ------------------------------------------------------------------------------------
 def _ingest(reader, question="What does -r do?"):
     turn = reader.layout_turn(question, PASSAGES)
