@@ -94,6 +94,7 @@ class AnswerStream:
         self.quotes: list[Quote] = []
         self.refused = False
         self._before: RetentionState | None = None
+        self._loop: DecodeLoop | None = None
         opts = getattr(reader, "options", None)
         self.grounding: Grounding | None = None
         self._check_logprob: float | None = None  # the threshold for the quote's mean log-prob, if that decides
@@ -147,8 +148,8 @@ class AnswerStream:
             yield self.text
             return
         grounding = self.grounding
-        loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg,
-                          logits_processor=grounding if grounding is not None else self._no_refusal)
+        loop = self._loop = DecodeLoop(self.reader.model, self._logits, self.state, self.cfg,
+                                       logits_processor=grounding if grounding is not None else self._no_refusal)
         # A refusal replaces the answer in the state too: keep the state from before it.
         self._before = self.state.clone() if self._check_logprob is not None else None
         held: list[str] = []
@@ -202,7 +203,7 @@ class AnswerStream:
                     score is None or score < self._check_logprob):
                 self._refuse()
         end = list(self.reader.stops.end_ids)
-        self.state, _ = self.reader.feed(self.state, end)
+        self.state = self._read_end_marker(end)
         self.key = chain_key(self.key, self.token_ids + end)
         now = time.perf_counter()
         if self.timings.first_token_s == 0.0:  # no token was sampled (max_new_tokens == 0)
@@ -219,6 +220,17 @@ class AnswerStream:
                               list(self.quotes), self.refused)
         if self._on_finish is not None:
             self._on_finish(self)
+
+    def _read_end_marker(self, end: list[int]) -> RetentionState:
+        """The state after the end marker. Where the answer's own loop runs a static decoder (a CUDA graph)
+        and holds this state, the marker's few tokens go through it (one graph replay each): the eager
+        forward that ``Reader.feed`` runs costs tens of milliseconds of per-layer overhead on a GPU."""
+        loop = self._loop
+        if end and loop is not None and loop._decoder is not None and loop.state is self.state:
+            for tok in end:
+                loop.read(torch.tensor([tok], dtype=torch.long, device=loop.generated.device))
+            return loop.state.clone()  # the session's own copy, not a view of the decoder's shared buffers
+        return self.reader.feed(self.state, end)[0]
 
     def _refuse(self) -> None:
         """Replace the answer with the refusal sentence, in the text and in the state."""

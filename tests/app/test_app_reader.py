@@ -194,6 +194,24 @@ def test_answer_tokens_and_end_marker_enter_the_state(special_reader, special_to
     assert stream.key == chain_key(ing.key, answer + [end])
 
 
+@pytest.mark.parametrize("stop", ["eos", "marker"])
+def test_the_end_marker_goes_through_a_static_decoder(special_reader, special_tok, monkeypatch, stop):
+    """With a static decoder (a CUDA graph on a GPU; here its eager fallback on the CPU) the end marker is read
+    by the answer's own loop instead of an eager forward: the same state, and the session's own copy of it."""
+    from retnet import cuda_decode
+
+    monkeypatch.setattr(cuda_decode, "wants_decoder", lambda model, cuda_graph: True)
+    end, question = special_tok.token_to_id(L.END), special_tok.token_to_id(L.QUESTION)
+    answer = special_tok.encode("Hi there").ids
+    scripted_tokens(monkeypatch, [*answer, end if stop == "eos" else question])
+    turn, ing = _ingest(special_reader)
+    stream, _ = _run(special_reader, ing, sampling=special_reader.sampling_config(max_new_tokens=20))
+    assert stream.text == "Hi there" and stream._loop._decoder is not None
+    assert states_close(stream.state, _reference_state(special_reader.model, turn.prompt_ids + answer + [end]))
+    buffers = {t.data_ptr() for t in stream._loop._decoder.layers}
+    assert not buffers & {t.data_ptr() for t in stream.state.layers}
+
+
 def test_marker_token_stops_and_is_replaced_by_the_end_marker(special_reader, special_tok, monkeypatch):
     end, question = special_tok.token_to_id(L.END), special_tok.token_to_id(L.QUESTION)
     answer = special_tok.encode("Yes").ids
