@@ -17,8 +17,8 @@
 # it measured.
 # A failing step does not stop the others; the exit status says whether all passed.
 # Environment: RESULTS_DIR replaces benchmarks/results; DECODE_ARGS / TRAIN_ARGS / PREFILL_ARGS / RAG_LOOP_ARGS add
-# options to a step; SUITE_COMPILE=1 adds a last step, the RetNet decode step under torch.compile at batch 1 (slow to
-# compile: run it alone).
+# options to a step; SUITE_COMPILE=1 adds two last steps, the RetNet decode step under torch.compile at batch 1 and
+# the training step with every layer of both models compiled (slow to compile: run them alone).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -68,6 +68,7 @@ step rag_loop 300 python3 benchmarks/rag_loop.py --out "$RES" ${RAG_LOOP_ARGS:-}
 if [ "${SUITE_COMPILE:-0}" = "1" ]; then
     step decode_compiled 300 python3 benchmarks/decode.py --out "$RES" --models retnet --contexts 2k --batches 1 \
         --state-dtypes float32 --compile --name decode_compiled
+    step train_compiled 420 python3 benchmarks/train.py --out "$RES" --compile --profile
 fi
 
 say "finished in $(( $(date +%s) - START ))s; failed: ${FAILED[*]:-none}"

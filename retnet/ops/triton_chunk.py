@@ -52,6 +52,12 @@ transposes of forward ones: dv uses P(q, k)^T, dq uses P(dO, v) and dk its
 transpose, so the backward computes one scores tensor and reuses the forward's.
 Nothing of size T x K x V is saved or recomputed.
 
+Autograd and torch.compile
+--------------------------
+The forward and the backward above are two torch.library custom ops (`retnet_rag::chunk_retention`,
+`retnet_rag::chunk_retention_backward`) tied together with `register_autograd`: torch.compile keeps each
+as one opaque node, so a compiled layer traces whole around them, with no graph break.
+
 Variable chunks (passage boundaries)
 ------------------------------------
 Retention is one recurrence however the sequence is cut, so o does not depend
