@@ -8,7 +8,9 @@ Backends
   backward) and `triton_decode.py` (decode step, short recurrent runs). They need CUDA
   tensors, or CPU tensors under `TRITON_INTERPRET=1` (how the tests run them).
 - "auto" (default): "triton" for CUDA tensors when Triton imports and the key head dimension is
-  at least ``MIN_TRITON_K`` (16: compiled ``tl.dot`` needs an inner dimension of 16), else "reference".
+  at least ``MIN_TRITON_K`` (16: compiled ``tl.dot`` needs an inner dimension of 16), else "reference",
+  except that chunkwise retention of CPU tensors without a mask and with a fixed decay runs
+  `cpu_chunk.py` (the reference's closed form with its decays looked up in per-layer tables).
 
 Force one with `set_backend("reference" | "triton" | "auto")`, the environment variable
 `RETNET_BACKEND` (read at import), or the `backend=` argument of each call.
@@ -39,6 +41,7 @@ import os
 import torch
 from torch import Tensor
 
+from .cpu_chunk import cpu_retention_chunkwise
 from .reference import (
     check_chunk_lengths,
     chunk_lengths_for,
@@ -108,14 +111,15 @@ def _resolve(backend: str | None, q: Tensor) -> str:
     return name
 
 
-def _triton_can(log_decay: Tensor, mask: Tensor | None) -> bool:
-    """False where the Triton path hands back to the reference (see the module docstring)."""
+def _fast_paths_can(log_decay: Tensor, mask: Tensor | None) -> bool:
+    """False where the Triton kernels and the CPU fast path hand back to the reference (see the module
+    docstring): a padding mask, or a decay that is learned."""
     return mask is None and not (log_decay.requires_grad and torch.is_grad_enabled())
 
 
 def parallel_retention(q, k, v, log_decay, state=None, mask=None, backend=None, *,
                        output_final_state=True) -> tuple[Tensor, Tensor | None]:
-    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+    if _resolve(backend, q) == "triton" and _fast_paths_can(log_decay, mask):
         from .triton_chunk import chunk_retention_triton
         o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
@@ -125,7 +129,7 @@ def parallel_retention(q, k, v, log_decay, state=None, mask=None, backend=None, 
 
 def recurrent_retention(q, k, v, log_decay, state=None, mask=None, backend=None, *,
                         output_final_state=True) -> tuple[Tensor, Tensor | None]:
-    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+    if _resolve(backend, q) == "triton" and _fast_paths_can(log_decay, mask):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, state))
         if q.shape[1] <= RECURRENT_KERNEL_MAX_T and not needs_grad:
@@ -146,11 +150,14 @@ def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, ba
     """Chunkwise retention: (o, final state). q, k [B, T, H, K], v [B, T, H, V], log_decay [H],
     state [B, H, K, V] (float32) or None, mask [B, T] bool or None, chunk_lengths positive ints
     summing to T (passage lengths; o does not depend on them, see the module docstring)."""
-    if _resolve(backend, q) == "triton" and _triton_can(log_decay, mask):
+    if _resolve(backend, q) == "triton" and _fast_paths_can(log_decay, mask):
         from .triton_chunk import chunk_retention_triton
         check_chunk_lengths(chunk_lengths, q.shape[1])  # the kernel tiles uniformly, but bad input is refused alike
         o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
+    if (backend or _default_backend) == "auto" and q.device.type == "cpu" and _fast_paths_can(log_decay, mask):
+        o, st = cpu_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state)
+        return o, (st if output_final_state else None)
     o, st = naive_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state, mask=mask)
     return o, (st if output_final_state else None)
 
