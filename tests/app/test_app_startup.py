@@ -44,6 +44,18 @@ def test_default_embedder_loads_without_sentence_transformers():
     assert "Loading" not in out.stderr and "it/s" not in out.stderr  # no progress bar either
 
 
+def test_torch_bert_batches_by_padded_tokens_without_changing_vectors(monkeypatch):
+    bert = TorchBert(_minilm_dir())
+    whole = bert.encode(TEXTS, batch_size=len(TEXTS))
+    monkeypatch.setattr(TorchBert, "MAX_BATCH_TOKENS", 48)  # many small batches, one text alone if longer
+    calls = []
+    embed = bert._embed
+    monkeypatch.setattr(bert, "_embed", lambda enc: calls.append(len(enc)) or embed(enc))
+    small = bert.encode(TEXTS)
+    assert len(calls) > 5 and sum(calls) == len(TEXTS) and calls[0] == 1  # the truncated long text alone
+    np.testing.assert_allclose(small, whole, atol=1e-6)
+
+
 def test_torch_bert_accepts_only_the_shape_it_computes(tmp_path):
     src = _minilm_dir()
     assert TorchBert.accepts(src)
