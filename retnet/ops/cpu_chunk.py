@@ -12,7 +12,7 @@ block needs depends only on distances and on the block length L:
 
 All of them are slices of one table per head set: D's top-left L x L corner and powers gamma^0..gamma^N.
 The tables are made once per set of decays (a layer) and dtype, for the longest block seen, and kept
-while small (MAX_TABLE_BYTES each, MAX_TABLES in all). On a 1,432-token prompt of the converted reader
+while small (MAX_TABLE_BYTES each, MAX_TOTAL_BYTES in all). On a 1,432-token prompt of the converted reader
 (30 layers, 2 threads) this halves the time retention takes in prefill.
 
 Used by `ops.chunk_retention` on the "auto" backend for CPU tensors without a padding mask and with a
@@ -31,7 +31,7 @@ from torch import Tensor
 from .reference import _prepare, check_chunk_lengths
 
 MAX_TABLE_BYTES = 8 * 2**20  # per table: 30 layers of 9 heads at blocks of 256 tokens take ~2.4 MB each
-MAX_TABLES = 128
+MAX_TOTAL_BYTES = 128 * 2**20  # all tables: the converted reader's 30 layers take ~72 MB
 _tables: OrderedDict[tuple, tuple[int, Tensor, Tensor]] = OrderedDict()
 _lock = threading.Lock()
 
@@ -55,13 +55,17 @@ def decay_tables(g: Tensor, n: int) -> tuple[Tensor, Tensor]:
             _tables.move_to_end(key)
             return entry[1], entry[2]
     entry = _make(g, max(n, entry[0] if entry is not None else 0))
-    if entry[1].numel() * entry[1].element_size() <= MAX_TABLE_BYTES:
+    if _nbytes(entry) <= MAX_TABLE_BYTES:
         with _lock:
             _tables[key] = entry
             _tables.move_to_end(key)
-            while len(_tables) > MAX_TABLES:
-                _tables.popitem(last=False)
+            while sum(_nbytes(e) for e in _tables.values()) > MAX_TOTAL_BYTES:
+                _tables.popitem(last=False)  # least recently used first
     return entry[1], entry[2]
+
+
+def _nbytes(entry: tuple[int, Tensor, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry[1:])
 
 
 def _block(q: Tensor, k: Tensor, v: Tensor, state: Tensor, D: Tensor, powers: Tensor) -> tuple[Tensor, Tensor]:

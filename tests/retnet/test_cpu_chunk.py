@@ -83,3 +83,20 @@ def test_auto_takes_the_fast_path_only_where_it_applies(monkeypatch):
     ops.chunk_retention(q, k, v, g, [20], state=s0, mask=torch.ones(2, 20, dtype=torch.bool))  # padding
     ops.chunk_retention(q, k, v, g.clone().requires_grad_(True), [20], state=s0)  # a learned decay
     assert calls == [1]
+
+
+def test_tables_stay_within_their_budget(monkeypatch):
+    monkeypatch.setattr(cpu_chunk, "_tables", type(cpu_chunk._tables)())
+    one = 3 * 32 * 32 * 8 + 3 * 33 * 8  # D and the powers of 3 heads at 32 tokens, float64
+    monkeypatch.setattr(cpu_chunk, "MAX_TOTAL_BYTES", 2 * one)
+    q, k, v, _, s0 = _inputs(1, 32, 3, 4, 4, torch.float64, seed=2)
+    for i in range(4):  # four layers' decays: only the two most recent tables are kept
+        g = torch.log(1 - 2.0 ** (-2 - i - torch.arange(3, dtype=torch.float64)))
+        o, _ = cpu_chunk.cpu_retention_chunkwise(q, k, v, g, [32], state=s0)
+        ro, _ = reference.naive_retention_chunkwise(q, k, v, g, [32], state=s0)
+        assert _rel(o, ro) < 1e-12
+    assert len(cpu_chunk._tables) == 2
+    monkeypatch.setattr(cpu_chunk, "MAX_TABLE_BYTES", one - 1)  # too large to keep at all: computed, not kept
+    cpu_chunk._tables.clear()
+    cpu_chunk.cpu_retention_chunkwise(q, k, v, torch.log(torch.full((3,), 0.9, dtype=torch.float64)), [32], state=s0)
+    assert len(cpu_chunk._tables) == 0
