@@ -48,7 +48,7 @@ class Snapshot:
 
     @property
     def nbytes(self) -> int:
-        return self.state.nbytes + self.logits.numel() * self.logits.element_size()
+        return PrefixCache.snapshot_bytes(self.state, self.logits.numel())
 
 
 # A turn read from an empty state takes a snapshot per passage end. With room for fewer snapshots than this,
@@ -97,7 +97,7 @@ class PrefixCache:
 
     @staticmethod
     def snapshot_bytes(state: RetentionState, vocab_size: int) -> int:
-        """What one snapshot of ``state`` (with its float32 logits) costs in the budget."""
+        """What one snapshot of ``state`` (with its float32 logits) costs in the budget: Snapshot.nbytes."""
         return state.nbytes + 4 * vocab_size
 
     def worth_storing(self, nbytes: int) -> bool:

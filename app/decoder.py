@@ -226,7 +226,7 @@ class AnswerStream:
         and holds this state, the marker's few tokens go through it (one graph replay each): the eager
         forward that ``Reader.feed`` runs costs tens of milliseconds of per-layer overhead on a GPU."""
         loop = self._loop
-        if end and loop is not None and loop._decoder is not None and loop.state is self.state:
+        if end and loop is not None and loop.decoder is not None and loop.state is self.state:
             for tok in end:
                 loop.read(torch.tensor([tok], dtype=torch.long, device=loop.generated.device))
             return loop.state.clone()  # the session's own copy, not a view of the decoder's shared buffers

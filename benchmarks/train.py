@@ -152,7 +152,8 @@ def profile_step(name: str, step, device) -> str:
     total = sum(e.self_device_time_total for e in events) or 1.0
     kinds: dict[str, float] = {}
     for e in events:
-        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+        kind = kernel_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
     lines = [f"## {name}: {total / 1e3:.1f} ms of GPU kernels in one step", ""]
     for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {kind}: {t / 1e3:.1f} ms ({100 * t / total:.0f}%)")

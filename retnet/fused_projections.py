@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .layers import same_input_projections
+
 
 @dataclass
 class FusedLayer:
@@ -72,19 +74,13 @@ def _fuse(modules: list[nn.Linear]) -> tuple[Tensor, list[int]]:
     return fused, split
 
 
+def _fuse_group(module: nn.Module) -> tuple[Tensor | None, list[int]]:
+    """The module's same-input projections (retnet.layers.same_input_projections) fused, if all are plain."""
+    group = [getattr(module, a) for a in same_input_projections(module)]
+    return _fuse(group) if _plain(group) else (None, [])
+
+
 def fuse_projections(model) -> list[FusedLayer]:
     """Fuse every layer's same-input projections in place (see the module docstring); per layer, the
     fused matrices or None where a group cannot be fused."""
-    token_shift = model.config.token_shift
-    out = []
-    for block in model.layers:
-        attn, ffn = block.retention, block.ffn
-        attention, attention_split = None, []
-        group = [attn.q_proj, attn.k_proj, attn.v_proj] + ([attn.g_proj] if attn.g_proj is not None else [])
-        if not token_shift and _plain(group):
-            attention, attention_split = _fuse(group)
-        ffn_matrix, ffn_split = None, []
-        if _plain([ffn.act_proj, ffn.lin_proj]):
-            ffn_matrix, ffn_split = _fuse([ffn.act_proj, ffn.lin_proj])
-        out.append(FusedLayer(attention, attention_split, ffn_matrix, ffn_split))
-    return out
+    return [FusedLayer(*_fuse_group(block.retention), *_fuse_group(block.ffn)) for block in model.layers]

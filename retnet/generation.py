@@ -156,6 +156,11 @@ class DecodeLoop:
         self._state_dtype = cuda_decode.resolve_state_dtype(state_dtype)
         self._logits_static = False  # self.logits is the decoder's output buffer (see GraphDecoder._evict)
 
+    @property
+    def decoder(self):
+        """The cuda_decode.GraphDecoder this loop reads through (taken at its first read), or None."""
+        return self._decoder
+
     def sample(self) -> Tensor:
         if self._decoder is None:
             return self._sample()

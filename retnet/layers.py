@@ -164,6 +164,17 @@ class MultiScaleRetention(nn.Module):
         return self.o_proj(o.to(x.dtype)), state, last_input
 
 
+def same_input_projections(module: nn.Module) -> list[str]:
+    """Names of ``module``'s projections that always read one input tensor, so they can be multiplied as
+    one stacked matrix (retnet.quantize, retnet.fused_projections): the FFN's act_proj and lin_proj;
+    retention's q, k, v and gate, unless token shift gives q, k and v inputs of their own. [] otherwise."""
+    if isinstance(module, GatedFFN):
+        return ["act_proj", "lin_proj"]
+    if isinstance(module, MultiScaleRetention) and not module.cfg.token_shift:
+        return [a for a in ("q_proj", "k_proj", "v_proj", "g_proj") if getattr(module, a) is not None]
+    return []
+
+
 class RetNetBlock(nn.Module):
     """Pre-norm residual block: x + retention(norm(x)), then x + ffn(norm(x))."""
 

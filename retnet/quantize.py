@@ -220,16 +220,11 @@ def _fused_groups(model: nn.Module) -> dict[str, tuple[_FusedProduct, int]]:
     """Linear layers of RetNet's layers that always read one input tensor, fused (name -> (group, member)):
     the FFN's act_proj and lin_proj; the retention's q, k, v (and gate) projections unless token shift
     gives each its own input."""
-    from .layers import GatedFFN, MultiScaleRetention
+    from .layers import same_input_projections
 
     fused = {}
     for name, module in model.named_modules():
-        if isinstance(module, GatedFFN):
-            attrs = ("act_proj", "lin_proj")
-        elif isinstance(module, MultiScaleRetention) and not module.cfg.token_shift:
-            attrs = ("q_proj", "k_proj", "v_proj", "g_proj")
-        else:
-            continue
+        attrs = same_input_projections(module)
         linears = [(a, getattr(module, a)) for a in attrs if isinstance(getattr(module, a, None), nn.Linear)]
         if len(linears) < 2 or any(m.bias is not None for _, m in linears):
             continue

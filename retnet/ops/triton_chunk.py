@@ -508,7 +508,7 @@ def _backward(ctx, do, dst, _dscores):
     needs = [bool(ctx.needs_input_grad[i]) for i in (0, 1, 2, 4)]
     dst = _maybe(dst) if ctx.final_state else None
     dq, dk, dv, ds0 = _retention_backward_op(do, dst, q, k, v, log_decay, state, scores, needs)
-    return (_maybe(dq), _maybe(dk), _maybe(dv), None, _maybe(ds0) if state is not None else None, None, None)
+    return _maybe(dq), _maybe(dk), _maybe(dv), None, _maybe(ds0), None, None
 
 
 torch.library.register_autograd("retnet_rag::chunk_retention", _backward, setup_context=_setup_context)
