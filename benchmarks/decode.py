@@ -15,7 +15,9 @@ What runs:
   step (``retnet/cuda_decode.py``, fused projections), decode state in float32 and in bfloat16. At
   batch 1 and the first context: an "eager" row (the plain per-layer path, ``cuda_graph=False``) shows
   what the graph removes, an "unfused" row (q, k, v, gate and the FFN inputs as separate products)
-  what fusing them gains; ``--compile`` adds the step under torch.compile, fused and unfused.
+  what fusing them gains, a "cuBLAS" row (batch-1 products through cuBLAS instead of the Triton
+  matrix-vector kernel, ``retnet/ops/triton_gemv.py``) what that kernel gains; ``--compile`` adds the
+  step under torch.compile: as by default, with cuBLAS products, and unfused.
 - Transformer: our own gpt-fast-style loop (no torch.compile): a static KV cache of context + steps
   slots per layer, the single-token step of all layers captured in one CUDA graph, attention over the
   cache as split-K matmuls ("flash-decoding" in tensor ops) or SDPA with a mask; both are timed at
@@ -179,7 +181,7 @@ def check_llama(model, device) -> dict:
 
 
 def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Clock, graph: bool = True,
-                 compile: bool = False, fuse: bool = True) -> dict:
+                 compile: bool = False, fuse: bool = True, gemv: bool = True) -> dict:
     device = clock.device
     cfg = model.config
     g = torch.Generator(device=device).manual_seed(batch)
@@ -190,8 +192,8 @@ def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Cloc
     logits = torch.randn(batch, cfg.vocab_size, device=device, generator=g)
     sampling = SamplingConfig(max_new_tokens=1 << 30)
     loop = DecodeLoop(model, logits, state, sampling, cuda_graph=graph, state_dtype=state_dtype)
-    if graph and (compile or not fuse):  # not the default decoder: build it by hand
-        loop._decoder = cuda_decode.GraphDecoder(model, batch, state_dtype, compile=compile, fuse=fuse)
+    if graph and (compile or not fuse or not gemv):  # not the default decoder: build it by hand
+        loop._decoder = cuda_decode.GraphDecoder(model, batch, state_dtype, compile=compile, fuse=fuse, gemv=gemv)
     t0 = clock.now()
     loop.read(loop.sample())  # the first read captures the graph (and copies the state in)
     first_s = clock.now() - t0
@@ -210,7 +212,8 @@ def retnet_point(model, context: int, batch: int, state_dtype, args, clock: Cloc
     del loop, dec
     cuda_decode.release(model)
     cleanup(device)
-    name = "retnet" + ("" if graph else " eager") + (" compiled" if compile else "") + ("" if fuse else " unfused")
+    name = ("retnet" + ("" if graph else " eager") + (" compiled" if compile else "") + ("" if fuse else " unfused")
+            + ("" if gemv else " cuBLAS"))
     return dict(model=name, variant=f"state {str(state_dtype).replace('torch.', '')}", context=context,
                 batch=batch, ms_per_token=1e3 * per_token, graph_ms=graph_ms, tokens_per_s=batch / per_token,
                 peak_gb=None if peak is None else peak / GB, first_step_s=first_s, floor_ms=1e3 * floor,
@@ -380,12 +383,13 @@ def bench_retnet(run: Run, args, clock: Clock) -> None:
         run.add(row)
         if row["ms_per_token"] is None:
             failed.add(state_dtype)
-    if device.type == "cuda" and not run.over_budget(args.retnet_share):  # separate projections, batch 1
-        run.add(attempt(run, retnet_point, model, args.contexts[0], 1, torch.float32, args, clock, fuse=False))
+    for variant in (dict(fuse=False), dict(gemv=False)):  # batch 1: separate projections; cuBLAS products
+        if device.type == "cuda" and not run.over_budget(args.retnet_share):
+            run.add(attempt(run, retnet_point, model, args.contexts[0], 1, torch.float32, args, clock, **variant))
     if args.compile and device.type == "cuda" and not run.over_budget(args.retnet_share):
-        for fuse in (True, False):
+        for variant in (dict(), dict(gemv=False), dict(fuse=False)):
             try:
-                row = retnet_point(model, args.contexts[0], 1, torch.float32, args, clock, compile=True, fuse=fuse)
+                row = retnet_point(model, args.contexts[0], 1, torch.float32, args, clock, compile=True, **variant)
                 run.add(row)
             except Exception as e:  # compiling is optional: report, go on
                 print(f"compiled RetNet step failed: {type(e).__name__}: {e}", flush=True)

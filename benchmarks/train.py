@@ -130,6 +130,13 @@ def compile_layers(model) -> None:
     model.layers_checkpointed = True
 
 
+def graph_breaks() -> int:
+    """Graph breaks torch.compile has met in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
 KERNEL_KINDS = (("flash attention", ("flash",)),  # before the products: flash kernels' names hold "cutlass"
                 ("matrix products", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas")),
                 ("retention (Triton)", ("retention", "_chunk", "_scan", "_scores")),
@@ -138,6 +145,8 @@ KERNEL_KINDS = (("flash attention", ("flash",)),  # before the products: flash k
 
 def kernel_kind(name: str) -> str:
     low = name.lower()
+    if low.startswith("triton_"):  # inductor's fused kernels, named after every op they fuse ("chunk_retention" too)
+        return "other (elementwise, norms)"
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other (elementwise, norms)")
 
 
@@ -289,10 +298,15 @@ def main() -> None:
                 raise SystemExit(f"{name}: the checkpointed loss differs from the plain loss by {meta['checks'][name]}")
         if args.compile:
             compile_layers(model)
+        breaks_before = graph_breaks()
         try:
             row = measure(name, model, args)
         except torch.OutOfMemoryError as e:
             row = dict(model=name, error="OOM: " + str(e).splitlines()[0][:80])
+        if args.compile:  # a break inside a checkpointed layer runs that whole layer eagerly: say so
+            row["graph_breaks"] = graph_breaks() - breaks_before
+            if row["graph_breaks"]:
+                print(f"{name}: {row['graph_breaks']} graph breaks (TORCH_LOGS=graph_breaks shows where)", flush=True)
         print(json.dumps({k: v for k, v in row.items() if k != "step_times"}), flush=True)
         rows.append(row)
         del model

@@ -39,6 +39,12 @@ weights in four matrix-vector products instead of eight: at batch 1 each product
 before it streams at full bandwidth. ``fuse=False``, ``configure(fuse=False)`` or
 ``RETNET_DECODE_FUSE=0`` keep the separate products.
 
+Batch-1 products on a GPU go through a Triton matrix-vector kernel (``retnet.ops.triton_gemv``) that
+streams each weight once: cuBLAS runs the 1.3B shape's 16 MB output and down projections as split-K
+GEMMs at ~1.8 TB/s, the kernel at ~2.7 TB/s (cold, in a graph; benchmarks/results/gemv_h200_sweep.md).
+Larger batches keep cuBLAS, which wins from B = 2 on the fused matrices. ``gemv=False``,
+``configure(gemv=False)`` or ``RETNET_DECODE_GEMV=0`` keep cuBLAS at batch 1 too.
+
 ``GraphDecoder(..., compile=True)`` (``decoder_for(..., compile=True)``; for every automatic decoder
 ``RETNET_DECODE_COMPILE=1`` or ``configure(compile=True)``) runs the step through torch.compile before
 capturing it, which fuses the many small elementwise kernels of each layer (norms, rotary, gate). On an
@@ -70,21 +76,25 @@ if _state_dtype_name not in _DTYPES:
 _default_state_dtype: torch.dtype = _DTYPES[_state_dtype_name]
 _compile = os.environ.get("RETNET_DECODE_COMPILE", "0") not in ("0", "", "false", "off")
 _fuse = os.environ.get("RETNET_DECODE_FUSE", "1") not in ("0", "", "false", "off")
+_gemv = os.environ.get("RETNET_DECODE_GEMV", "1") not in ("0", "", "false", "off")
 MAX_CACHED = 2  # decoders kept per model (each holds a batch's state and a graph)
 
 
 def configure(enabled: bool | None = None, state_dtype: torch.dtype | str | None = None,
-              compile: bool | None = None, fuse: bool | None = None) -> None:
+              compile: bool | None = None, fuse: bool | None = None, gemv: bool | None = None) -> None:
     """Switch the automatic CUDA-graph decode on or off, pick the default decode state dtype, whether
-    automatic decoders compile their step (torch.compile) before capturing it, and whether they fuse
-    same-input projections (retnet.fused_projections; on by default)."""
-    global _enabled, _default_state_dtype, _compile, _fuse
+    automatic decoders compile their step (torch.compile) before capturing it, whether they fuse
+    same-input projections (retnet.fused_projections) and whether batch-1 products use the Triton
+    matrix-vector kernel (retnet.ops.triton_gemv); both on by default."""
+    global _enabled, _default_state_dtype, _compile, _fuse, _gemv
     if enabled is not None:
         _enabled = bool(enabled)
     if compile is not None:
         _compile = bool(compile)
     if fuse is not None:
         _fuse = bool(fuse)
+    if gemv is not None:
+        _gemv = bool(gemv)
     if state_dtype is not None:
         _default_state_dtype = resolve_state_dtype(state_dtype)
 
@@ -110,35 +120,55 @@ class StepPlan:
     inv_freq: Tensor  # [K/2] float64
     in_place_kernel: bool  # ops.retention_step updates the state itself (Triton) for any state dtype
     fused: list[FusedLayer] | None = None  # per layer, one matrix per group of same-input projections
+    gemv: bool = False  # batch-1 products through the Triton matrix-vector kernel (CUDA)
 
 
-def step_plan(model, fuse: bool = False) -> StepPlan:
+def step_plan(model, fuse: bool = False, gemv: bool = False) -> StepPlan:
     """The step's constants; with `fuse`, the model's same-input projections are first laid out as one
-    matrix each (retnet.fused_projections: in place, values unchanged)."""
+    matrix each (retnet.fused_projections: in place, values unchanged); with `gemv` on a CUDA model,
+    batch-1 products use the Triton matrix-vector kernel."""
     weight = model.embed.weight
     dt = ops.reference.compute_dtype(weight)
     device = weight.device
     layers = [block.retention for block in model.layers]
     probe = torch.empty(0, 0, 0, model.config.head_k_dim, device=device, dtype=weight.dtype)  # device and K
     return StepPlan([attn._log_decay.on(device).to(dt) for attn in layers], layers[0]._inv_freq.on(device),
-                    ops._resolve(None, probe) == "triton", fuse_projections(model) if fuse else None)
+                    ops._resolve(None, probe) == "triton", fuse_projections(model) if fuse else None,
+                    gemv and device.type == "cuda")
 
 
-def _projections(attn, fused: FusedLayer | None, xq: Tensor, xk: Tensor, xv: Tensor, h: Tensor):
+def _linear(x: Tensor, weight: Tensor, gemv: bool) -> Tensor:
+    """F.linear(x, weight), through the Triton matrix-vector kernel when `gemv` (batch 1 on a GPU)."""
+    if gemv:
+        from .ops.triton_gemv import linear_small_batch
+
+        return linear_small_batch(x, weight)
+    return F.linear(x, weight)
+
+
+def _apply(module, x: Tensor, gemv: bool) -> Tensor:
+    """module(x); a plain bias-free nn.Linear through `_linear` (quantized or adapted layers run as they are)."""
+    if gemv and type(module) is torch.nn.Linear and module.bias is None:
+        return _linear(x, module.weight, gemv)
+    return module(x)
+
+
+def _projections(attn, fused: FusedLayer | None, xq: Tensor, xk: Tensor, xv: Tensor, h: Tensor, gemv: bool):
     """q, k, v and the gate's pre-activation (None without a gate): one product when fused."""
     if fused is not None and fused.attention is not None:
-        parts = F.linear(h, fused.attention).split(fused.attention_split, dim=-1)
+        parts = _linear(h, fused.attention, gemv).split(fused.attention_split, dim=-1)
         return (*parts, None) if len(parts) == 3 else parts
-    g = attn.g_proj(h) if attn.g_proj is not None else None
-    return attn.q_proj(xq), attn.k_proj(xk), attn.v_proj(xv), g
+    g = _apply(attn.g_proj, h, gemv) if attn.g_proj is not None else None
+    return _apply(attn.q_proj, xq, gemv), _apply(attn.k_proj, xk, gemv), _apply(attn.v_proj, xv, gemv), g
 
 
-def _ffn(ffn, fused: FusedLayer | None, x: Tensor) -> Tensor:
+def _ffn(ffn, fused: FusedLayer | None, x: Tensor, gemv: bool) -> Tensor:
     """GatedFFN.forward, with its two input projections as one product when fused."""
     if fused is None or fused.ffn is None:
-        return ffn(x)
-    a, b = F.linear(x, fused.ffn).split(fused.ffn_split, dim=-1)
-    return ffn.down_proj(ffn.activation(a) * b)
+        a, b = _apply(ffn.act_proj, x, gemv), _apply(ffn.lin_proj, x, gemv)
+    else:
+        a, b = _linear(x, fused.ffn, gemv).split(fused.ffn_split, dim=-1)
+    return _apply(ffn.down_proj, ffn.activation(a) * b, gemv)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
@@ -187,6 +217,7 @@ def decode_step(model, plan: StepPlan, tokens: Tensor, layers: list[Tensor], off
     cfg = model.config
     B = tokens.shape[0]
     H, K, V = cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim
+    gemv = plan.gemv and B == 1  # from B = 2 cuBLAS is as fast or faster (benchmarks/results/gemv_h200.md)
     x = model.embed(tokens[:, None])
     if cfg.embed_scale != 1.0:
         x = x * cfg.embed_scale
@@ -206,7 +237,7 @@ def decode_step(model, plan: StepPlan, tokens: Tensor, layers: list[Tensor], off
             now = h[:, 0] if mask is None else torch.where(mask[:, None], h[:, 0], x_prev[:, 0])
             last.copy_(now.to(last.dtype))
         fused = plan.fused[i] if plan.fused is not None else None
-        q, k, v, g = _projections(attn, fused, xq, xk, xv, h)
+        q, k, v, g = _projections(attn, fused, xq, xk, xv, h, gemv)
         q, k, v = q.reshape(B, 1, H, K).to(dt), k.reshape(B, 1, H, K).to(dt), v.reshape(B, 1, H, V)
         if cfg.qk_scale_on == "k":
             k = k * K**-0.5
@@ -218,10 +249,10 @@ def decode_step(model, plan: StepPlan, tokens: Tensor, layers: list[Tensor], off
         o = attn.out_norm(o.to(dt)).reshape(B, 1, H * V)
         if g is not None:
             o = o * F.silu(g.to(o.dtype))
-        x = x + attn.o_proj(o.to(h.dtype))
-        x = x + _ffn(block.ffn, fused, block.ffn_norm(x))
+        x = x + _apply(attn.o_proj, o.to(h.dtype), gemv)
+        x = x + _ffn(block.ffn, fused, block.ffn_norm(x), gemv)
     offsets.add_(1 if mask is None else mask.long())
-    return model.lm_head(model.final_norm(x))[:, 0]
+    return _apply(model.lm_head, model.final_norm(x), gemv)[:, 0]
 
 
 # -- buffers, capture, replay ---------------------------------------------------------------------------
@@ -241,9 +272,9 @@ class GraphDecoder:
     """
 
     def __init__(self, model, batch_size: int, state_dtype: torch.dtype | None = None, use_graph: bool = True,
-                 compile: bool = False, fuse: bool = True):
+                 compile: bool = False, fuse: bool = True, gemv: bool = True):
         cfg = model.config
-        self.plan = step_plan(model, fuse=fuse)  # before the weights' key: fusing may move them (once)
+        self.plan = step_plan(model, fuse=fuse, gemv=gemv)  # before the weights' key: fusing may move them (once)
         weight = model.embed.weight
         self.device = weight.device
         dt = ops.reference.compute_dtype(weight)
@@ -430,12 +461,12 @@ def decoder_for(model, batch_size: int, state_dtype: torch.dtype | str | None = 
         dtype = torch.float64
     with _cache_lock:
         per_model = _cache.setdefault(model, {})
-        key = (batch_size, dtype, compile, _fuse)
+        key = (batch_size, dtype, compile, _fuse, _gemv)
         dec = per_model.get(key)
         if dec is not None and dec.weights_key != _weights_key(model):
             dec = None  # weights moved (reloaded, .to()): the graph would read stale addresses
         if dec is None:
-            dec = GraphDecoder(model, batch_size, dtype, compile=compile, fuse=_fuse)
+            dec = GraphDecoder(model, batch_size, dtype, compile=compile, fuse=_fuse, gemv=_gemv)
         per_model.pop(key, None)
         per_model[key] = dec  # most recently used last
         while len(per_model) > MAX_CACHED:

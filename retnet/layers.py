@@ -57,9 +57,12 @@ class _PerDeviceConstant:
         self._copies: dict[torch.device, Tensor] = {}
 
     def on(self, device: torch.device) -> Tensor:
-        if device not in self._copies:
-            self._copies[device] = self._cpu.to(device)
-        return self._copies[device]
+        copy = self._copies.get(device)
+        if copy is None:
+            copy = self._cpu.to(device)
+            if not torch.compiler.is_compiling():  # a traced graph must not mutate module state: a graph break
+                self._copies[device] = copy
+        return copy
 
 
 def previous_inputs(x: Tensor, last: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,9 @@ Backends
   except that chunkwise retention of CPU tensors without a mask and with a fixed decay runs
   `cpu_chunk.py` (the reference's closed form with its decays looked up in per-layer tables).
 
+Not retention, but beside its kernels: `triton_gemv.py`, the batch-1 matrix-vector product that
+`retnet.cuda_decode` uses for a GPU decode step's projections (imported only there, lazily).
+
 Force one with `set_backend("reference" | "triton" | "auto")`, the environment variable
 `RETNET_BACKEND` (read at import), or the `backend=` argument of each call.
 
@@ -155,7 +158,9 @@ def chunk_retention(q, k, v, log_decay, chunk_lengths, state=None, mask=None, ba
         check_chunk_lengths(chunk_lengths, q.shape[1])  # the kernel tiles uniformly, but bad input is refused alike
         o, st = chunk_retention_triton(q, k, v, log_decay, state, output_final_state)
         return o, st
-    if (backend or _default_backend) == "auto" and q.device.type == "cpu" and _fast_paths_can(log_decay, mask):
+    # Not while torch.compile traces: the tables are looked up by the decays' values, a graph break.
+    if ((backend or _default_backend) == "auto" and q.device.type == "cpu" and _fast_paths_can(log_decay, mask)
+            and not torch.compiler.is_compiling()):
         o, st = cpu_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state)
         return o, (st if output_final_state else None)
     o, st = naive_retention_chunkwise(q, k, v, log_decay, chunk_lengths, state=state, mask=mask)

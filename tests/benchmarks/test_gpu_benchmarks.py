@@ -119,6 +119,13 @@ def _run(script: str, tmp_path: Path, *extra: str) -> dict:
     return out
 
 
+def test_inductor_kernels_count_as_elementwise_work_in_the_training_profile():
+    train = _load("train")
+    assert train.kernel_kind("_chunk_retention_kernel") == "retention (Triton)"
+    assert train.kernel_kind("triton_poi_fused__to_copy_add_chunk_retention_mul_1") == "other (elementwise, norms)"
+    assert train.kernel_kind("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_TNT") == "matrix products"
+
+
 @pytest.mark.slow
 def test_decode_benchmark_runs(tmp_path):
     _run("decode.py", tmp_path, "--batches", "1", "2", "max", "--max-batch", "3")
@@ -144,6 +151,7 @@ def test_train_and_prefill_benchmarks_run(tmp_path):
     compiled = json.loads((tmp_path / "train_cpu_quick_compiled.json").read_text())
     for eager, comp in zip(train["rows"], compiled["rows"], strict=True):
         assert abs(eager["loss"] - comp["loss"]) < 1e-4 * abs(eager["loss"]), (eager, comp)
+        assert comp["graph_breaks"] == 0, comp  # a break would run the checkpointed layer eagerly
     assert (tmp_path / "train_cpu_quick_compiled_profile.txt").read_text().count("## ") == 2
     _run("prefill.py", tmp_path)
     prefill = json.loads((tmp_path / "prefill_cpu_quick.json").read_text())
@@ -204,11 +212,12 @@ def test_gpu_suite_script_runs_every_step_and_copies_results(tmp_path):
     model = tiny_model_dir(tmp_path / "tiny")
     env = {**os.environ, "RESULTS_DIR": str(tmp_path / "res"), "OUT": str(tmp_path / "out"),
            "DECODE_ARGS": f"{quick} --models retnet --batches 1 --state-dtypes float32", "TRAIN_ARGS": quick,
-           "PREFILL_ARGS": f"{quick} --cases rag", "RAG_LOOP_ARGS": f"{quick} --model {model} --embedder hash"}
+           "PREFILL_ARGS": f"{quick} --cases rag", "RAG_LOOP_ARGS": f"{quick} --model {model} --embedder hash",
+           "GEMV_ARGS": "--dry-run"}
     out = subprocess.run(["bash", str(BENCH / "gpu_suite.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     copied = {p.name for p in (tmp_path / "out" / "results").iterdir()}
     assert {"decode_cpu_quick.md", "train_cpu_quick.json", "prefill_cpu_quick.md", "rag_loop_cpu_quick.md",
-            "gpu_suite.log"} <= copied
+            "gemv.md", "gpu_suite.log"} <= copied
     assert "failed: none" in out.stdout

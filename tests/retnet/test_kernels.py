@@ -434,3 +434,28 @@ def test_a_compiled_block_traces_around_the_kernels(monkeypatch):
     (y0, g0), (y1, g1) = run(block, x), run(compiled, x)
     assert rel(y1, y0) < 1e-12
     assert max(rel(a, b) for a, b in zip(g1, g0, strict=True)) < 1e-12
+
+
+def test_a_fresh_block_compiles_without_a_graph_break_inside_a_checkpoint(monkeypatch):
+    """Compiled before any eager call, as benchmarks/train.py --compile does: the layer's float64 constants
+    (rotary frequencies, decays) are first moved to the device inside the traced, checkpointed region. That
+    must not mutate module state there (a graph break: dynamo then ran the whole checkpoint eagerly,
+    which made compiled RetNet training no faster on the H200)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from retnet import RetNetConfig
+    from retnet.layers import RetNetBlock
+
+    monkeypatch.setattr(ops, "_default_backend", "triton")
+    torch.manual_seed(1)
+    cfg = RetNetConfig.from_preset("tiny", head_k_dim=16, head_v_dim=24)
+    block = RetNetBlock(cfg).double().to(DEV)
+    x = torch.randn(1, 21, cfg.hidden_size, dtype=torch.float64, device=DEV)
+    positions = torch.arange(21, device=DEV).expand(1, 21)
+
+    def layer(t):
+        return checkpoint(lambda u: block(u, positions, None, "chunkwise", [21])[0], t, use_reentrant=False)
+
+    torch._dynamo.reset()
+    y = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert rel(y, block(x, positions, None, "chunkwise", [21])[0]) < 1e-12
