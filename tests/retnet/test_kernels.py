@@ -405,21 +405,26 @@ def test_shared_memory_fallback_halves_bv(monkeypatch):
     assert triton_chunk.CONFIG_OVERRIDE[key]["BV"] == 16
 
 
+def _float64_block_on_triton(monkeypatch, seed: int, B: int, T: int):
+    """A tiny RetNet block in float64 on the Triton backend, an input [B, T, hidden] and its positions."""
+    from retnet import RetNetConfig
+    from retnet.layers import RetNetBlock
+
+    monkeypatch.setattr(ops, "_default_backend", "triton")
+    torch.manual_seed(seed)
+    cfg = RetNetConfig.from_preset("tiny", head_k_dim=16, head_v_dim=24)
+    block = RetNetBlock(cfg).double().to(DEV)
+    x = torch.randn(B, T, cfg.hidden_size, dtype=torch.float64, device=DEV)
+    return block, x, torch.arange(T, device=DEV).expand(B, T)
+
+
 def test_a_compiled_block_traces_around_the_kernels(monkeypatch):
     """torch.compile(fullgraph=True) of a whole RetNet block on the Triton backend: the kernels are custom ops
     (one opaque node forward, one backward), so nothing breaks the graph, and activation checkpointing of the
     compiled block recomputes exactly what it saved. Output and gradients equal the eager block's."""
     from torch.utils.checkpoint import checkpoint
 
-    from retnet import RetNetConfig
-    from retnet.layers import RetNetBlock
-
-    monkeypatch.setattr(ops, "_default_backend", "triton")
-    torch.manual_seed(0)
-    cfg = RetNetConfig.from_preset("tiny", head_k_dim=16, head_v_dim=24)
-    block = RetNetBlock(cfg).double().to(DEV)
-    x = torch.randn(2, 37, cfg.hidden_size, dtype=torch.float64, device=DEV)
-    positions = torch.arange(37, device=DEV).expand(2, 37)
+    block, x, positions = _float64_block_on_triton(monkeypatch, seed=0, B=2, T=37)
 
     def run(fn, x):
         x = x.clone().requires_grad_(True)
@@ -443,15 +448,7 @@ def test_a_fresh_block_compiles_without_a_graph_break_inside_a_checkpoint(monkey
     which made compiled RetNet training no faster on the H200)."""
     from torch.utils.checkpoint import checkpoint
 
-    from retnet import RetNetConfig
-    from retnet.layers import RetNetBlock
-
-    monkeypatch.setattr(ops, "_default_backend", "triton")
-    torch.manual_seed(1)
-    cfg = RetNetConfig.from_preset("tiny", head_k_dim=16, head_v_dim=24)
-    block = RetNetBlock(cfg).double().to(DEV)
-    x = torch.randn(1, 21, cfg.hidden_size, dtype=torch.float64, device=DEV)
-    positions = torch.arange(21, device=DEV).expand(1, 21)
+    block, x, positions = _float64_block_on_triton(monkeypatch, seed=1, B=1, T=21)
 
     def layer(t):
         return checkpoint(lambda u: block(u, positions, None, "chunkwise", [21])[0], t, use_reentrant=False)
