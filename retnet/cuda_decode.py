@@ -48,9 +48,9 @@ Larger batches keep cuBLAS, which wins from B = 2 on the fused matrices. ``gemv=
 ``GraphDecoder(..., compile=True)`` (``decoder_for(..., compile=True)``; for every automatic decoder
 ``RETNET_DECODE_COMPILE=1`` or ``configure(compile=True)``) runs the step through torch.compile before
 capturing it, which fuses the many small elementwise kernels of each layer (norms, rotary, gate). On an
-H200 at the 1.3B shape that takes batch-1 decoding from 3.5 to 1.95 ms a token, but the first step
+H200 at the 1.3B shape that takes batch-1 decoding from 2.98 to 1.36 ms a token, but the first step
 compiles for ~20 s (4 s with a warm compile cache), once per batch size and process, so it is off by
-default: worth it for a server, not for one question (benchmarks/results/decode_compiled_h200.md).
+default: worth it for a server, not for one question (benchmarks/results/decode_gemv_h200.md).
 """
 
 from __future__ import annotations
