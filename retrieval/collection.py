@@ -54,7 +54,7 @@ from .locking import exclusive_lock
 from .names import collection_dir, default_data_dir, is_valid_name, validate_name
 from .report import ADDED, DUPLICATE, REMOVED, FileResult, IngestReport
 from .splitter import Splitter
-from .store import Store
+from .store import Store, source_key
 from .types import Document, DocumentInfo, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -343,7 +343,8 @@ class Collection:
         """Ingest files and folders (recursively). Bad files are reported, never raised.
 
         Duplicates (same bytes as a document already here or earlier in the batch) are
-        skipped and listed. Returns an IngestReport with one FileResult per file.
+        skipped and listed; a duplicate of a document whose own file is gone moves that document
+        here (``IngestReport.moved``). Returns an IngestReport with one FileResult per file.
 
         Each file loads within ``self.limits``; one that fails, goes over a budget or times out
         costs itself only, and the files loaded before and after it are stored. Ctrl-C stores
@@ -394,23 +395,34 @@ class Collection:
     def _settle_duplicates(self, report: IngestReport, seen: dict[str, str]) -> None:
         """Keep one version per file after an add. A file skipped as a duplicate of a document that this
         add went on to replace (two copies of a file, one edited) is read again, or its bytes would be
-        lost; and the old version of a file whose new bytes duplicate another file is deleted."""
+        lost; and the old version of a file whose new bytes duplicate another file is deleted. A
+        duplicate of a document whose own file is gone (the file was moved, or a checkout cloned anew) is
+        where that document now lives: its recorded source becomes this path."""
         again = IngestBatch()
         stale: dict[str, FileResult] = {}
+        moves: dict[str, FileResult] = {}
         for i, result in enumerate(report.results):
             if result.status != DUPLICATE:
                 continue
-            if self.store.document(result.doc_id) is None:
+            stored = self.store.document(result.doc_id)
+            if stored is None:
                 result, doc, passages = prepare_file(Path(result.path), None, seen, self.store, self.splitter,
                                                      self.limits)
                 report.results[i] = result
                 if doc is not None:
                     again.add(result, doc, passages)
             elif not result.unchanged:
+                if source_key(stored.source) is not None and not os.path.lexists(stored.source):
+                    moves.setdefault(result.doc_id, result)  # the first copy of a moved file takes it
                 for old in self.store.documents_at(result.path):
                     if old.id != result.doc_id:
                         stale[old.id] = result
         self._commit(again, None)
+        if moves:
+            for doc_id, result in moves.items():
+                result.moved_from, result.duplicate_of = self.store.document(doc_id).source, result.path
+            # the source as loaders record it (absolute, links kept)
+            self._apply(self.store.relocate_documents({d: str(Path(r.path).absolute()) for d, r in moves.items()}))
         if stale:
             self._delete(list(stale))
             for doc_id, result in stale.items():

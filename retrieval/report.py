@@ -21,11 +21,12 @@ class FileResult:
     duplicate_of: str | None = None  # source path of the document already holding these bytes
     warnings: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # ids of older versions of this file, now deleted
+    moved_from: str | None = None  # the stored document's old source, a file now gone: it is recorded here now
 
     @property
     def unchanged(self) -> bool:
         """A duplicate of the version of this very file that is already stored."""
-        return (self.status == DUPLICATE and self.duplicate_of is not None
+        return (self.status == DUPLICATE and self.duplicate_of is not None and self.moved_from is None
                 and os.path.realpath(self.path) == os.path.realpath(self.duplicate_of))
 
     def __str__(self) -> str:
@@ -33,6 +34,8 @@ class FileResult:
             extra = f" ({'; '.join(self.warnings)})" if self.warnings else ""
             verb = "replaced " if self.replaced else "added    "
             return f"{verb} {self.path}: {self.passages} passages{extra}"
+        if self.moved_from is not None:
+            return f"moved     {self.path}: was {self.moved_from}, which is gone (same content)"
         if self.unchanged:
             return f"unchanged {self.path}"
         if self.status == DUPLICATE:
@@ -81,6 +84,11 @@ class IngestReport:
         return [r for r in self.duplicates if r.unchanged]
 
     @property
+    def moved(self) -> list[FileResult]:
+        """Duplicates of a stored document whose file is gone: the document now points at them."""
+        return [r for r in self.duplicates if r.moved_from is not None]
+
+    @property
     def passages(self) -> int:
         return sum(r.passages for r in self.added)
 
@@ -97,16 +105,18 @@ class IngestReport:
         raise KeyError(path)
 
     def summary(self, max_skipped: int | None = MAX_SKIPPED_LISTED) -> str:
-        """A count line, then one line per failed, duplicate, replaced, removed or warned file, then the
+        """A count line, then one line per failed, duplicate, moved, replaced, removed or warned file, then the
         skipped files with their reason: the first ``max_skipped`` (None: all) and how many more.
         Unchanged files (duplicates of themselves) are counted apart from other duplicates, not listed."""
-        replaced, removed, unchanged = len(self.replaced), len(self.removed), len(self.unchanged)
+        replaced, removed = len(self.replaced), len(self.removed)
+        unchanged, moved = len(self.unchanged), len(self.moved)
         head = (
             f"{len(self.added)} added ({self.passages} passages"
             + (f"; {replaced} replacing older version(s)" if replaced else "")
-            + f"), {len(self.duplicates) - unchanged} duplicate(s), "
+            + f"), {len(self.duplicates) - unchanged - moved} duplicate(s), "
             f"{len(self.failed)} failed, {len(self.skipped)} skipped"
-            + (f", {unchanged} unchanged" if unchanged else "") + (f", {removed} removed" if removed else "")
+            + (f", {unchanged} unchanged" if unchanged else "") + (f", {moved} moved" if moved else "")
+            + (f", {removed} removed" if removed else "")
             + f" in {self.seconds:.1f} s"
         )
         lines = [str(r) for r in self.results

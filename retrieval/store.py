@@ -164,6 +164,15 @@ class Store:
             generation = self._bump_generation()
         return Change(generation, ids_per_doc, _concat(removed), replaced)
 
+    def relocate_documents(self, sources: dict[str, str]) -> int:
+        """Record new source paths for stored documents (doc id -> source; files that moved, same bytes)
+        in one transaction; returns the new generation. Passages, vectors and ids stay as they are."""
+        with self.transaction() as conn:
+            conn.executemany("UPDATE documents SET source = ?, path = ? WHERE id = ?",
+                             ((source, source_key(source), doc_id) for doc_id, source in sources.items()))
+            generation = self._bump_generation()
+        return generation
+
     def delete_documents(self, doc_ids: Iterable[str]) -> tuple[int, np.ndarray]:
         """Delete documents (unknown ids are ignored) in one transaction; returns the new generation
         and the passage ids removed."""

@@ -129,6 +129,8 @@ def result_rows(results: Iterable[Any]) -> list[list]:
     rows = []
     for r in results:
         dup = f"same content as {Path(r.duplicate_of).name}" if r.duplicate_of else ""
+        if getattr(r, "moved_from", None):
+            dup = "already in the collection, whose copy of the file was gone: it keeps this one"
         detail = r.error or dup or "; ".join(r.warnings)
         rows.append([r.path, r.status, r.passages, detail or ""])
     return rows

@@ -57,11 +57,14 @@ def ingest(qa: MultiDocQA, files: Sequence[str | os.PathLike], into: Path, max_b
         dest = _free_path(into / name)
         shutil.copyfile(src, dest)
         report = qa.add([str(dest)], progress=False)
+        # Keep only what the collection holds: what it added, and a file it already held whose stored copy
+        # was gone (moved here, or restored at the same path). Decided before the paths are renamed below.
+        keep = bool(report.added or report.moved or report.unchanged)
         for r in report.results:
             r.path = name  # the name the user knows, not the server's path
             yield r
-        if not report.added:
-            dest.unlink(missing_ok=True)  # keep only what the collection holds
+        if not keep:
+            dest.unlink(missing_ok=True)
 
 
 def _safe_name(name: str) -> str:

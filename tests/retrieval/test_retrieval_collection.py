@@ -67,6 +67,37 @@ def test_duplicates_skipped_in_batch_and_later(make_collection, corpus, tmp_path
     assert_consistent(col)
 
 
+def test_a_moved_folder_added_again_moves_its_documents(make_collection, corpus, tmp_path, data_dir):
+    """Same bytes at a new path while the recorded file is gone (a folder moved, a checkout cloned anew):
+    the stored document now points at the new path (sources, searches, removal by path); passages and
+    vectors stay. Where the old file still exists it is a plain duplicate, and a second copy of a moved
+    file in the same add is one too."""
+    col = make_collection()
+    col.add(corpus)
+    before = {d.id: d for d in col.documents()}
+    passages = len(col)
+    moved = tmp_path / "moved"
+    corpus.rename(moved)
+    extra = write(tmp_path / "kept" / "animals.txt", ANIMALS)  # a copy of a moved file, after it in the add
+    report = col.add([moved, extra])
+    assert sorted(r.path for r in report.moved) == sorted(str(p) for p in moved.rglob("*") if p.is_file())
+    assert all(r.moved_from.startswith(str(corpus)) and "which is gone" in str(r) for r in report.moved)
+    assert report.result(str(extra)).status == "duplicate" and report.result(str(extra)).moved_from is None
+    assert "3 moved" in report.summary() and "0 duplicate(s)" not in report.summary()
+    after = {d.id: d for d in col.documents()}
+    assert after.keys() == before.keys() and len(col) == passages
+    assert all(d.source.startswith(str(moved)) for d in after.values())
+    hit = col.search("clean the filter weekly", k=1)[0]
+    assert hit.source == str(moved / "manual.pdf")
+    reopened = Collection.open(col.name, data_dir, embedder=col.embedder)  # another process sees the move
+    assert {d.source for d in reopened.documents()} == {d.source for d in after.values()}
+    assert [d.id for d in col.remove_documents(moved / "nested")] == [after_id for after_id, d in after.items()
+                                                                       if d.kind == "markdown"]
+    again = col.add(moved)  # files still there: nothing moves
+    assert not again.moved and len(again.unchanged) == 2
+    assert_consistent(col)
+
+
 def test_delete_and_documents(make_collection, corpus):
     col = make_collection()
     col.add(corpus)

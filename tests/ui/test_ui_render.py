@@ -77,8 +77,12 @@ def test_result_rows_name_the_file_and_the_reason():
                         warnings=[])
     d = SimpleNamespace(path="y.txt", status="duplicate", passages=0, error=None, duplicate_of="/srv/u/a.txt",
                         warnings=[])
-    assert render.result_rows([r, d]) == [["x.pdf", "failed", 0, "encrypted PDF"],
-                                          ["y.txt", "duplicate", 0, "same content as a.txt"]]
+    m = SimpleNamespace(path="z.txt", status="duplicate", passages=0, error=None, duplicate_of="/srv/u/z.txt",
+                        warnings=[], moved_from="/srv/u/old.txt")
+    assert render.result_rows([r, d, m]) == [["x.pdf", "failed", 0, "encrypted PDF"],
+                                             ["y.txt", "duplicate", 0, "same content as a.txt"],
+                                             ["z.txt", "duplicate", 0, "already in the collection, whose copy of "
+                                                                       "the file was gone: it keeps this one"]]
 
 
 def test_the_apps_own_quote_type_is_highlighted():

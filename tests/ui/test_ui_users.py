@@ -81,6 +81,25 @@ def test_uploads_are_checked_before_ingestion(users, tmp_path):
     assert sorted(p.name for p in a.uploads_dir.iterdir()) == ["ok.md"]
 
 
+def test_an_upload_whose_stored_copy_is_gone_is_kept(users, tmp_path):
+    """A duplicate is not kept in the uploads folder, except when the collection's own copy of that file is
+    gone: the document then points at the new upload, which must stay."""
+    a, _ = users.attach("tab")
+    (tmp_path / "a.txt").write_text("Alpha is the first letter.")
+    qa = a.open(create=True)
+    list(uploads.ingest(qa, [tmp_path / "a.txt"], a.uploads_dir, 2**20))
+    assert [r.status for r in uploads.ingest(qa, [tmp_path / "a.txt"], a.uploads_dir, 2**20)] == ["duplicate"]
+    assert sorted(p.name for p in a.uploads_dir.iterdir()) == ["a.txt"]  # the duplicate was not kept
+    (a.uploads_dir / "a.txt").unlink()
+    [same] = uploads.ingest(qa, [tmp_path / "a.txt"], a.uploads_dir, 2**20)  # restored where it was
+    assert same.moved_from is None and [p.name for p in a.uploads_dir.iterdir()] == ["a.txt"]
+    (a.uploads_dir / "a.txt").unlink()
+    (tmp_path / "b.txt").write_text("Alpha is the first letter.")
+    [moved] = uploads.ingest(qa, [tmp_path / "b.txt"], a.uploads_dir, 2**20)  # the same bytes, another name
+    assert moved.moved_from == str(a.uploads_dir / "a.txt") and [p.name for p in a.uploads_dir.iterdir()] == ["b.txt"]
+    assert [d.source for d in qa.documents()] == [str(a.uploads_dir / "b.txt")]
+
+
 def test_new_users_start_on_the_shared_collection_or_their_own_when_it_is_gone(users):
     users.ws.shared("manuals", create=True)
     users.ws.start_collection = "shared:manuals"
