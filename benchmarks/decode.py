@@ -38,7 +38,9 @@ memory fits by estimate; a batch that runs out of memory is recorded as OOM.
 
 Writes OUT/NAME.md, OUT/NAME.json (after every point, so a killed run keeps what it measured) and
 OUT/NAME.png (Figure 6 style: latency vs context, throughput vs batch, memory vs context; needs
-matplotlib, else redraw elsewhere with --plot).
+matplotlib, else redraw elsewhere with --plot). ``--profile`` adds OUT/NAME_profile.txt: GPU kernel time
+of 20 steps of the default batch-1 RetNet decoder (and the compiled one with --compile), by kind of
+kernel and per kernel (``kernel_profile.py``), where to look before changing the step.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from kernel_profile import profile_kernels
 from llama_baseline import KVCache, Llama, LlamaDecoder, llama_like
 
 from retnet import RetNetConfig, RetNetForCausalLM, cuda_decode
@@ -393,8 +396,33 @@ def bench_retnet(run: Run, args, clock: Clock) -> None:
                 run.add(row)
             except Exception as e:  # compiling is optional: report, go on
                 print(f"compiled RetNet step failed: {type(e).__name__}: {e}", flush=True)
+    if args.profile:
+        for compile in (False, True) if args.compile else (False,):
+            args.profiles.append(profile_retnet_step(model, clock, compile))
     del model
     cleanup(device)
+
+
+PROFILE_STEPS = 20
+
+
+def profile_retnet_step(model, clock: Clock, compile: bool) -> str:
+    """PROFILE_STEPS steps of the batch-1 decoder (the default one: fused projections, matrix-vector kernel,
+    float32 state; compiled or not) under torch.profiler, by kind of kernel (kernel_profile.py)."""
+    dec = cuda_decode.GraphDecoder(model, 1, torch.float32, compile=compile)
+    token = torch.zeros(1, dtype=torch.long, device=clock.device)
+    dec.step(token)  # capture (and compile) outside the profile
+
+    def steps(dec=dec):
+        for _ in range(PROFILE_STEPS):
+            dec.step(token)
+
+    title = f"retnet{' compiled' if compile else ''}, batch 1, {PROFILE_STEPS} steps"
+    text = profile_kernels(title, steps, clock.device)
+    del dec
+    cuda_decode.release(model)
+    cleanup(clock.device)
+    return text
 
 
 def bench_llama(run: Run, args, clock: Clock) -> None:
@@ -563,6 +591,9 @@ def main() -> None:
     ap.add_argument("--attn", default="auto", choices=["auto", "split", "sdpa"], help="Transformer decode attention")
     ap.add_argument("--kv-heads", type=int, default=None, help="Transformer key/value heads (default: all, MHA)")
     ap.add_argument("--compile", action="store_true", help="also time the RetNet step under torch.compile (batch 1)")
+    ap.add_argument("--profile", action="store_true",
+                    help="GPU kernel time of the batch-1 RetNet step by kind (NAME_profile.txt; "
+                         "compiled too with --compile)")
     ap.add_argument("--time-budget", type=float, default=None, help="seconds; later points are skipped after it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=None, help="output file stem (default decode_<gpu> or decode_quick)")
@@ -599,6 +630,7 @@ def main() -> None:
                 contexts=args.contexts, steps=args.steps,
                 retnet_config=args.retnet_config.to_dict())
     run = Run(args, meta)
+    args.profiles = []
     clock = Clock(args.device)
     print(f"{device_name}: copy bandwidth {args.bandwidth / GB:.0f} GB/s; contexts {args.contexts}, "
           f"batches {args.batches}", flush=True)
@@ -611,6 +643,8 @@ def main() -> None:
     text = report(data)
     (args.out / f"{args.name}.md").write_text(text)
     plot(data, args.out / f"{args.name}.png")
+    if args.profiles:
+        (args.out / f"{args.name}_profile.txt").write_text("\n".join(args.profiles))
     print(text)
     print(f"done in {time.perf_counter() - run.start:.0f} s: {args.out / args.name}.{{md,json,png}}")
 

@@ -69,7 +69,7 @@ step rag_loop 300 python3 benchmarks/rag_loop.py --out "$RES" ${RAG_LOOP_ARGS:-}
 step gemv 150 python3 benchmarks/gemv.py --out "$RES" ${GEMV_ARGS:---batches 1 2 4}
 if [ "${SUITE_COMPILE:-0}" = "1" ]; then
     step decode_compiled 300 python3 benchmarks/decode.py --out "$RES" --models retnet --contexts 2k --batches 1 \
-        --state-dtypes float32 --compile --name decode_compiled
+        --state-dtypes float32 --compile --profile --name decode_compiled
     step train_compiled 420 python3 benchmarks/train.py --out "$RES" --compile --profile
 fi
 

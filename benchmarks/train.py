@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from kernel_profile import profile_kernels
 from llama_baseline import Llama, llama_like
 from torch.utils.checkpoint import checkpoint
 
@@ -137,42 +138,6 @@ def graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
-KERNEL_KINDS = (("flash attention", ("flash",)),  # before the products: flash kernels' names hold "cutlass"
-                ("matrix products", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas")),
-                ("retention (Triton)", ("retention", "_chunk", "_scan", "_scores")),
-                ("optimizer", ("adam", "multi_tensor")))
-
-
-def kernel_kind(name: str) -> str:
-    low = name.lower()
-    if low.startswith("triton_"):  # inductor's fused kernels, named after every op they fuse ("chunk_retention" too)
-        return "other (elementwise, norms)"
-    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other (elementwise, norms)")
-
-
-def profile_step(name: str, step, device) -> str:
-    """One step under torch.profiler: GPU time per kind of kernel and the 25 most expensive kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
-        sync(device)
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events) or 1.0
-    kinds: dict[str, float] = {}
-    for e in events:
-        kind = kernel_kind(e.key)
-        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
-    lines = [f"## {name}: {total / 1e3:.1f} ms of GPU kernels in one step", ""]
-    for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        lines.append(f"- {kind}: {t / 1e3:.1f} ms ({100 * t / total:.0f}%)")
-    lines += ["", "| kernel | calls | ms | share |", "|---|---:|---:|---:|"]
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
-        lines.append(f"| {e.key[:90]} | {e.count} | {e.self_device_time_total / 1e3:.1f} | "
-                     f"{100 * e.self_device_time_total / total:.1f}% |")
-    return "\n".join(lines) + "\n"
-
-
 def measure(name: str, model, args) -> dict:
     device = args.device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -202,7 +167,7 @@ def measure(name: str, model, args) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
     if args.profile:
-        args.profiles.append(profile_step(name, step, device))
+        args.profiles.append(profile_kernels(f"{name}: one step", step, device))
     sec = statistics.median(times)
     return dict(model=name, parameters=sum(p.numel() for p in model.parameters()), batch=args.batch,
                 length=args.length, step_s=sec, tokens_per_s=args.batch * args.length / sec, peak_gb=peak,

@@ -120,15 +120,16 @@ def _run(script: str, tmp_path: Path, *extra: str) -> dict:
 
 
 def test_inductor_kernels_count_as_elementwise_work_in_the_training_profile():
-    train = _load("train")
-    assert train.kernel_kind("_chunk_retention_kernel") == "retention (Triton)"
-    assert train.kernel_kind("triton_poi_fused__to_copy_add_chunk_retention_mul_1") == "other (elementwise, norms)"
-    assert train.kernel_kind("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_TNT") == "matrix products"
+    kinds = _load("kernel_profile")
+    assert kinds.kernel_kind("_chunk_retention_kernel") == "retention (Triton)"
+    assert kinds.kernel_kind("triton_poi_fused__to_copy_add_chunk_retention_mul_1") == "other (elementwise, norms)"
+    assert kinds.kernel_kind("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_TNT") == "matrix products"
 
 
 @pytest.mark.slow
 def test_decode_benchmark_runs(tmp_path):
-    _run("decode.py", tmp_path, "--batches", "1", "2", "max", "--max-batch", "3")
+    _run("decode.py", tmp_path, "--batches", "1", "2", "max", "--max-batch", "3", "--profile")
+    assert (tmp_path / "decode_cpu_quick_profile.txt").read_text().startswith("## retnet, batch 1, 20 steps")
     data = json.loads((tmp_path / "decode_cpu_quick.json").read_text())
     rows = data["rows"]
     assert {r["model"] for r in rows} == {"retnet", "retnet eager", "transformer"}
