@@ -65,18 +65,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
-from .fused_projections import FusedLayer, fuse_projections
+from .fused_projections import FusedLayer, fuse_projections, is_plain_linear
 from .state import RetentionState
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_enabled = os.environ.get("RETNET_CUDA_GRAPH", "1") not in ("0", "", "false", "off")
+
+
+def _env_flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default) not in ("0", "", "false", "off")
+
+
+_enabled = _env_flag("RETNET_CUDA_GRAPH", "1")
 _state_dtype_name = os.environ.get("RETNET_DECODE_STATE", "float32")
 if _state_dtype_name not in _DTYPES:
     raise ValueError(f"RETNET_DECODE_STATE={_state_dtype_name!r}; choose float32 or bfloat16")
 _default_state_dtype: torch.dtype = _DTYPES[_state_dtype_name]
-_compile = os.environ.get("RETNET_DECODE_COMPILE", "0") not in ("0", "", "false", "off")
-_fuse = os.environ.get("RETNET_DECODE_FUSE", "1") not in ("0", "", "false", "off")
-_gemv = os.environ.get("RETNET_DECODE_GEMV", "1") not in ("0", "", "false", "off")
+_compile = _env_flag("RETNET_DECODE_COMPILE", "0")
+_fuse = _env_flag("RETNET_DECODE_FUSE", "1")
+_gemv = _env_flag("RETNET_DECODE_GEMV", "1")
 MAX_CACHED = 2  # decoders kept per model (each holds a batch's state and a graph)
 
 
@@ -148,7 +154,7 @@ def _linear(x: Tensor, weight: Tensor, gemv: bool) -> Tensor:
 
 def _apply(module, x: Tensor, gemv: bool) -> Tensor:
     """module(x); a plain bias-free nn.Linear through `_linear` (quantized or adapted layers run as they are)."""
-    if gemv and type(module) is torch.nn.Linear and module.bias is None:
+    if gemv and is_plain_linear(module):
         return _linear(x, module.weight, gemv)
     return module(x)
 
@@ -429,7 +435,8 @@ def _register_retention_op():
 
 # -- which decoder a loop uses --------------------------------------------------------------------------
 
-_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, dtype, compile, fuse): decoder}
+# model -> {(batch, dtype, compile, fuse, gemv): decoder}
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _cache_lock = threading.Lock()
 
 

@@ -38,9 +38,15 @@ class FusedLayer:
     ffn_split: list[int]
 
 
+def is_plain_linear(module) -> bool:
+    """A bias-free nn.Linear itself (not a subclass: quantized or adapter-wrapped layers have their own
+    products): its output is F.linear(x, module.weight), whatever computes that product."""
+    return type(module) is nn.Linear and module.bias is None
+
+
 def _plain(modules: list) -> bool:
-    """Whether these are bias-free nn.Linear layers of one dtype and device with the same input width."""
-    if not modules or any(type(m) is not nn.Linear or m.bias is not None for m in modules):
+    """Whether these are plain linear layers (is_plain_linear) of one dtype and device, one input width."""
+    if not modules or not all(is_plain_linear(m) for m in modules):
         return False
     w0 = modules[0].weight
     return all(m.weight.dtype == w0.dtype and m.weight.device == w0.device and m.weight.shape[1] == w0.shape[1]

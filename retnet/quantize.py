@@ -217,9 +217,8 @@ def resolve(choice: str | None, model: nn.Module) -> str:
 
 
 def _fused_groups(model: nn.Module) -> dict[str, tuple[_FusedProduct, int]]:
-    """Linear layers of RetNet's layers that always read one input tensor, fused (name -> (group, member)):
-    the FFN's act_proj and lin_proj; the retention's q, k, v (and gate) projections unless token shift
-    gives each its own input."""
+    """Linear layers of RetNet's layers that always read one input tensor (retnet.layers.
+    same_input_projections), fused: name -> (group, member)."""
     from .layers import same_input_projections
 
     fused = {}

@@ -412,16 +412,15 @@ class Collection:
                 if doc is not None:
                     again.add(result, doc, passages)
             elif not result.unchanged:
-                if source_key(stored.source) is not None and not os.path.lexists(stored.source):
-                    moves.setdefault(result.doc_id, result)  # the first copy of a moved file takes it
+                gone = source_key(stored.source) is not None and not os.path.lexists(stored.source)
+                if gone and result.doc_id not in moves:  # the first copy of a moved file takes it
+                    moves[result.doc_id] = result
+                    result.moved_from, result.duplicate_of = stored.source, result.path
                 for old in self.store.documents_at(result.path):
                     if old.id != result.doc_id:
                         stale[old.id] = result
         self._commit(again, None)
-        if moves:
-            for doc_id, result in moves.items():
-                result.moved_from, result.duplicate_of = self.store.document(doc_id).source, result.path
-            # the source as loaders record it (absolute, links kept)
+        if moves:  # recorded as loaders record a source: absolute, links kept
             self._apply(self.store.relocate_documents({d: str(Path(r.path).absolute()) for d, r in moves.items()}))
         if stale:
             self._delete(list(stale))
